@@ -1,0 +1,1 @@
+"""The ``clips`` console command: one parser, each package contributes its subcommands."""
