@@ -15,6 +15,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "clips_cli.demo",
     "clips_tower.cli",
+    "llava_integration.cli",
 )
 
 

@@ -1,0 +1,15 @@
+"""``clips llava ...``: tower export/assembly commands and the two LLaVA training stages."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import tower_cli, train_cli
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``llava`` command group to the ``clips`` command."""
+    p = sub.add_parser("llava", help="LLaVA integration: export/assemble towers, train stages")
+    llava_sub = p.add_subparsers(dest="llava_command", required=True, metavar="LLAVA_COMMAND")
+    tower_cli.register(llava_sub)
+    train_cli.register(llava_sub)
