@@ -21,13 +21,14 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from .io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class CLIPSTokenizer:
         """Write ``vocab.txt`` and ``tokenizer_config.json`` into ``directory`` (atomic writes)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(directory / _VOCAB_NAME, "".join(t + "\n" for t in self._itos))
+        atomic_write_text(directory / _VOCAB_NAME, "".join(t + "\n" for t in self._itos))
         config = {
             "mode": "clips",
             "context_length": self.context_length,
@@ -166,7 +167,7 @@ class CLIPSTokenizer:
             "cls_id": CLS_ID,
             "lowercase": True,
         }
-        _atomic_write_text(directory / _CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(directory / _CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     def __repr__(self) -> str:
         return (
@@ -243,20 +244,6 @@ def _validate_vocab(vocab: list[str], source: str) -> None:
             if t in seen:
                 raise ValueError(f"{source}: duplicate token {t!r} at ids {seen[t]} and {i}")
             seen[t] = i
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + ``os.replace`` so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------- loading

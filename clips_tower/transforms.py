@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .config import IMAGENET_MEAN, IMAGENET_STD
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
