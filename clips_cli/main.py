@@ -15,6 +15,8 @@ import sys
 SUBCOMMAND_MODULES = (
     "clips_cli.demo",
     "clips_tower.cli",
+    "pretrain.cli",
+    "eval.cli",
     "llava_integration.cli",
 )
 

@@ -12,10 +12,12 @@ Three on-disk formats, picked by :func:`detect_format` (or ``fmt=``):
   ...) and its captions, either ``.txt`` (one caption per non-empty line) or ``.json``
   (``{"captions": [...]}``). Images are read lazily straight from the tar at their byte offset.
 
-Every entry is checked when the set is loaded: image present and its header decodable, at least
-one caption, every caption a non-empty string. Problems raise :class:`BadEntriesError` naming every
-bad entry, because a metric over a silently shrunken set is wrong; ``skip_bad=True`` drops them
-instead and records them in :attr:`RetrievalDataset.skipped`.
+Every entry is checked when the set is loaded: image present and its header decodable, every
+caption a non-empty string, at least one caption per image. Problems raise
+:class:`BadEntriesError` naming every bad entry, because a metric over a silently shrunken set is
+wrong; ``skip_bad=True`` drops them instead (a bad caption alone, or a bad image with its
+captions) and records them in :attr:`RetrievalDataset.skipped`. Images whose pixels fail to decode
+later (e.g. truncated files) are handled the same way by the evaluation pass.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ def count_by_reason(problems: Iterable[BadEntry]) -> dict[str, int]:
 
 
 def _open_loaded(fp) -> Image.Image:
-    img = Image.open(fp)
-    img.load()  # decode now so a truncated file fails here, inside the caller's error handling
-    return img
+    with Image.open(fp) as img:  # closes the file; the decoded pixels stay usable
+        img.load()  # decode now so a truncated file fails here, inside the caller's error handling
+        return img
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,17 @@ class TarMemberImage:
 ImageRef = Union[FileImage, TarMemberImage]
 
 
+def check_image(image: ImageRef) -> BadEntry | None:
+    """``None`` if the image exists and its header decodes, else the problem (no pixel decode)."""
+    try:
+        image.check()
+    except FileNotFoundError:
+        return BadEntry(image.name, "missing image")
+    except Exception as e:  # PIL raises many types for undecodable data; each is a bad entry
+        return BadEntry(image.name, "unreadable image", f"{type(e).__name__}: {e}")
+    return None
+
+
 @dataclasses.dataclass
 class RetrievalDataset:
     """Images and their captions.
@@ -174,7 +187,7 @@ class _Record:
 
     entry: str
     image: ImageRef | None
-    captions: list
+    captions: object  # as read; validated by _validate_records
     problem: BadEntry | None = None
 
 
@@ -193,7 +206,7 @@ def _split_captions(entry: str, captions: object) -> tuple[list[str], list[BadEn
     return good, problems
 
 
-def validate_records(records: Sequence[_Record], check_images: bool) -> tuple[list[_Record], list[BadEntry]]:
+def _validate_records(records: Sequence[_Record], check_images: bool) -> tuple[list[_Record], list[BadEntry]]:
     """Check every record; returns (usable records with their usable captions, every problem).
 
     A bad caption is one problem and only that caption is dropped; a missing/undecodable image
@@ -208,15 +221,10 @@ def validate_records(records: Sequence[_Record], check_images: bool) -> tuple[li
         problems.extend(found)
         if not captions:
             continue
-        if check_images:
-            try:
-                r.image.check()
-            except FileNotFoundError:
-                problems.append(BadEntry(r.image.name, "missing image"))
-                continue
-            except Exception as e:  # PIL raises many types for undecodable data; each is a bad entry
-                problems.append(BadEntry(r.image.name, "unreadable image", f"{type(e).__name__}: {e}"))
-                continue
+        bad_image = check_image(r.image) if check_images else None
+        if bad_image:
+            problems.append(bad_image)
+            continue
         good.append(dataclasses.replace(r, captions=captions))
     return good, problems
 
@@ -382,7 +390,7 @@ def load_retrieval_dataset(
     if fmt != "wds" and not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     records, name = FORMATS[fmt](path, Path(image_root) if image_root else None, split)
-    good, problems = validate_records(records, check_images)
+    good, problems = _validate_records(records, check_images)
     if problems and not skip_bad:
         raise BadEntriesError(str(path), problems)
     if not good:

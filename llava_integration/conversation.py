@@ -1,5 +1,5 @@
-"""Conversation templates for LLaVA training: ``plain`` (stage 1), ``v1``/``vicuna_v1`` (stage 2)
-and ``chat_template`` (the language model's own Jinja chat template).
+"""Conversation templates for LLaVA training: ``plain`` (stage 1), ``v1``/``vicuna_v1`` (stage 2,
+LLaVA-1.5), ``llava_v1`` (same layout, "curious human" system prompt) and ``chat_template`` (the language model's own Jinja chat template).
 
 A template turns one LLaVA conversation (``[{"from": "human"|"gpt", "value": str}, ...]``) into
 the training text plus the character spans that carry the loss (the assistant answers and the
@@ -165,10 +165,17 @@ VICUNA_V1 = SeparatorTemplate(
            "The assistant gives helpful, detailed, and polite answers to the user's questions.",
 )
 
+LLAVA_V1 = SeparatorTemplate(
+    name="llava_v1",
+    system="A chat between a curious human and an artificial intelligence assistant. "
+           "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+)
+
 TEMPLATES: dict[str, Template] = {
     "plain": PlainTemplate(),
     "v1": VICUNA_V1,
     "vicuna_v1": VICUNA_V1,
+    "llava_v1": LLAVA_V1,
     "chat_template": ChatTemplate(),
 }
 

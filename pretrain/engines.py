@@ -1,0 +1,268 @@
+"""Training engines: how the objective is wrapped, stepped and (de)serialised.
+
+- ``ddp``: plain PyTorch on one process, ``DistributedDataParallel`` under torchrun;
+- ``fsdp2``: ``torch.distributed.fsdp.fully_shard`` per transformer block, per tower and at the
+  root (scalar parameters such as the logit scale cannot be sharded: they stay replicated and
+  their gradients are averaged by hand);
+- ``deepspeed``: ZeRO (stage from the config, 2 by default) around the same torch AdamW and
+  schedule.
+
+Every engine exposes the same small interface to the trainer: ``module`` (call it for forward),
+``sync(enabled)`` (gradient synchronisation off during accumulation micro-steps),
+``backward(loss)``, ``step() -> grad norm``, ``lr``, and full (unsharded) state dicts for
+checkpoints, so a run can resume under a different engine from the same checkpoint files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .optim import build_optimizer
+
+log = logging.getLogger(__name__)
+POS_EMBED_KEY = "model.visual.positional_embedding"
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` (``fp32``: none) on ``device``."""
+    dtype = _autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float | None) -> float:
+    """Global L2 norm of the gradients (sharded DTensor gradients summed over ranks), and clip to
+    ``max_norm`` in place when given. Returns the norm before clipping."""
+    from torch.distributed.tensor import DTensor
+
+    local = torch.zeros((), dtype=torch.float64)
+    sharded = torch.zeros((), dtype=torch.float64)
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        if isinstance(g, DTensor):
+            sharded += torch.linalg.vector_norm(g.to_local().float()).double().cpu() ** 2
+        else:
+            local += torch.linalg.vector_norm(g.float()).double().cpu() ** 2
+    if any(isinstance(g, DTensor) for g in grads):
+        dist.all_reduce(sharded)
+    total = float((local + sharded).sqrt())
+    if max_norm and math.isfinite(total) and total > max_norm:
+        coef = max_norm / (total + 1e-6)
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
+def _resize_moments(osd: dict, grid: int) -> None:
+    """Interpolate the Adam moments of the vision positional embedding to a ``grid x grid`` grid
+    (the weights themselves are interpolated by ``clips_tower.load_model``)."""
+    from clips_tower.vision import resize_pos_embed
+
+    state = osd.get("state", {}).get(POS_EMBED_KEY)
+    if not state:
+        return
+    for k in ("exp_avg", "exp_avg_sq"):
+        if k in state and state[k].shape[0] != grid * grid + 1:
+            state[k] = resize_pos_embed(state[k], grid)
+    if "exp_avg_sq" in state:
+        state["exp_avg_sq"].clamp_(min=0)  # bicubic overshoot must not make a second moment negative
+
+
+class TorchEngine:
+    """AdamW + LambdaLR (+ GradScaler for fp16) around the objective, plain, DDP or FSDP2."""
+
+    def __init__(self, objective: nn.Module, *, strategy: str, device: torch.device, world: int, optim_cfg,
+                 lr_factor: Callable[[int], float], precision: str, grad_clip: float | None,
+                 max_logit_scale: float, **_) -> None:
+        self.objective, self.strategy, self.world, self.device = objective, strategy, world, device
+        self.grad_clip, self.max_log_scale = grad_clip, math.log(max_logit_scale)
+        self.replicated: list[nn.Parameter] = []
+        if strategy == "fsdp2" and world > 1:
+            self.module = self._fully_shard(objective)
+        elif world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.module = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+        else:
+            self.module = objective
+        self.optimizer = build_optimizer(objective, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay)
+        self.lr_factor = lr_factor
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.params = [p for p in objective.parameters() if p.requires_grad]
+
+    def _fully_shard(self, objective: nn.Module) -> nn.Module:
+        """Shard every block, then each tower (so ``encode_image``/``encode_text`` work alone, e.g.
+        for evaluation), then the root; scalar parameters stay replicated."""
+        from torch.distributed.fsdp import fully_shard
+
+        model = objective.model
+        for tower in (model.visual, model.text, model.captioner):
+            if tower is None:
+                continue
+            for block in tower.transformer.resblocks:
+                fully_shard(block)
+            fully_shard(tower)
+        self.replicated = [p for p in objective.parameters() if p.ndim == 0]
+        fully_shard(objective, ignored_params=set(self.replicated))
+        for p in self.replicated:  # ranks must start equal: nothing else broadcasts ignored params
+            dist.broadcast(p.data, src=0)
+        return objective
+
+    def sync(self, enabled: bool):
+        """Context for one micro-step: gradient all-reduce only when ``enabled`` (the last one)."""
+        if isinstance(self.module, nn.parallel.DistributedDataParallel) and not enabled:
+            return self.module.no_sync()
+        if self.strategy == "fsdp2" and self.world > 1:
+            self.module.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradients of ``loss`` (scaled for fp16)."""
+        self.scaler.scale(loss).backward()
+
+    def step(self) -> float:
+        """Average replicated grads (FSDP2), unscale, clip, AdamW step, schedule, clamp the logit scale."""
+        for p in self.replicated:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        self.scaler.unscale_(self.optimizer)
+        norm = clip_gradients(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        with torch.no_grad():
+            self.objective.model.logit_scale.clamp_(max=self.max_log_scale)
+        return norm
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next step."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full objective state dict on CPU, on rank 0 (empty elsewhere). Collective under FSDP2."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def state_dict(self) -> dict:
+        """Optimizer (full, keyed by parameter name), scheduler and scaler state (rank 0)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        osd = get_optimizer_state_dict(self.objective, self.optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {"optimizer": osd, "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict, folder: Path, new_grid: int | None) -> None:
+        """Restore :meth:`state_dict` output; ``new_grid`` (patches per side) when the resolution
+        changed since the checkpoint: the Adam moments of the positional embedding are interpolated."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        osd = state["optimizer"]
+        if new_grid is not None:
+            _resize_moments(osd, new_grid)
+        set_optimizer_state_dict(self.objective, self.optimizer, osd, options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def save_extra(self, folder: Path) -> None:
+        """Nothing beyond :meth:`state_dict` for torch engines."""
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO around the torch AdamW + LambdaLR (DeepSpeed steps them at boundaries)."""
+
+    def __init__(self, objective: nn.Module, *, device: torch.device, world: int, optim_cfg,
+                 lr_factor: Callable[[int], float], precision: str, grad_clip: float | None, micro_batch_size: int,
+                 accum_steps: int, zero_stage: int, deepspeed_config: str | None, **_) -> None:
+        import deepspeed
+
+        self.objective, self.lr_factor = objective, lr_factor
+        optimizer = build_optimizer(objective, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": accum_steps,
+            "zero_optimization": {"stage": zero_stage},
+            "gradient_clipping": grad_clip or 0.0,
+            "steps_per_print": 10**9,
+            # Mixed precision stays torch autocast (as for the other engines); params remain fp32.
+            "bf16": {"enabled": False},
+            "fp16": {"enabled": False},
+        }
+        if deepspeed_config:
+            config = _merge(config, json.loads(Path(deepspeed_config).read_text()))
+        self.module, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=objective, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False)
+
+    def sync(self, enabled: bool):
+        """DeepSpeed tracks accumulation boundaries itself."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward + DeepSpeed's per-micro-step ``step`` (it updates only at the boundary). The
+        objective already normalises over the accumulated batch, so no 1/accum scaling here."""
+        self.module.backward(loss, scale_wrt_gas=False)
+        self.module.step()
+
+    def step(self) -> float:
+        """The update happened in the last :meth:`backward`; returns the gradient norm."""
+        norm = self.module.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next step."""
+        return self.scheduler.get_last_lr()[0]
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full objective state dict (ZeRO-2 keeps whole parameters on every rank); rank 0 only."""
+        if dist.get_rank() != 0:
+            return {}
+        return {k: v.detach().cpu().clone() for k, v in self.objective.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        """Scheduler state (optimizer partitions are written by :meth:`save_extra`)."""
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def save_extra(self, folder: Path) -> None:
+        """DeepSpeed's own checkpoint (optimizer partitions of every rank) under ``folder/deepspeed``."""
+        self.module.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+
+    def load_state_dict(self, state: dict, folder: Path, new_grid: int | None) -> None:
+        """Restore DeepSpeed's optimizer partitions when shapes are unchanged (``new_grid`` None);
+        after a resolution change the optimizer moments restart (flat ZeRO partitions cannot be
+        re-gridded), with a warning."""
+        ds_dir = folder / "deepspeed"
+        if new_grid is None and ds_dir.is_dir():
+            self.module.load_checkpoint(str(ds_dir), tag="state", load_module_strict=True,
+                                        load_optimizer_states=True, load_lr_scheduler_states=False)
+        else:
+            log.warning("DeepSpeed: resolution changed (or no DeepSpeed state in %s): optimizer moments restart", folder)
+        self.scheduler.load_state_dict(state["scheduler"])
+        for g in self.optimizer.param_groups:
+            g["lr"] = g.get("initial_lr", g["lr"]) * self.lr_factor(self.scheduler.last_epoch)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+ENGINES: dict[str, type] = {"ddp": TorchEngine, "fsdp2": TorchEngine, "deepspeed": DeepSpeedEngine}

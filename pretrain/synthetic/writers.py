@@ -1,0 +1,113 @@
+"""Turn generated scenes into files: webdataset shards, JSONL + image folder, parquet, eval splits.
+
+Sample ``i`` of seed ``s`` depends only on ``(s, i)`` (its own random generator), so any subset or
+order of samples is reproducible and the same scene can be written in every format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clips_tower.io import atomic_path, atomic_write_json, atomic_write_text
+
+from ..data.shards import json_bytes, write_shards
+from .captions import reference_captions, synthetic_caption, web_caption
+from .render import render_scene
+from .scenes import Scene, sample_scene
+
+WEB_KEY = "org_caption"
+SYNTHETIC_KEY = "re_caption"
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One generated sample: key, scene, image, web and synthetic captions."""
+
+    key: str
+    scene: Scene
+    image: Image.Image
+    web: str
+    synthetic: str
+
+
+def generate_sample(index: int, seed: int = 0, image_size: int = 64, max_objects: int = 3) -> SyntheticSample:
+    """Sample ``index`` of the dataset with ``seed`` (deterministic, independent of other samples)."""
+    rng = np.random.default_rng([seed, index])
+    scene = sample_scene(rng, max_objects)
+    image = render_scene(scene, image_size, rng)
+    return SyntheticSample(f"{seed:04d}{index:08d}", scene, image, web_caption(scene, rng), synthetic_caption(scene, rng))
+
+
+def encode_image(image: Image.Image, fmt: str = "jpg", quality: int = 95) -> bytes:
+    """Image bytes in ``fmt`` (``jpg``, ``png`` or ``webp``)."""
+    buf = io.BytesIO()
+    image.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt], **({"quality": quality} if fmt != "png" else {}))
+    return buf.getvalue()
+
+
+def _samples(n: int, seed: int, image_size: int, start: int = 0):
+    return (generate_sample(i, seed, image_size) for i in range(start, start + n))
+
+
+def write_webdataset(out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 1000, image_size: int = 64,
+                     start: int = 0) -> dict[str, int]:
+    """``n`` samples as shards of ``jpg`` + ``json`` (``org_caption``/``re_caption``); returns sizes."""
+    records = ((s.key, {"jpg": encode_image(s.image), "json": json_bytes({WEB_KEY: s.web, SYNTHETIC_KEY: s.synthetic})})
+               for s in _samples(n, seed, image_size, start))
+    return write_shards(records, out_dir, shard_size)
+
+
+def write_jsonl(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 64, start: int = 0) -> Path:
+    """``n`` samples as ``images/<key>.jpg`` + ``captions.jsonl`` (``image`` relative path + captions)."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for s in _samples(n, seed, image_size, start):
+        with atomic_path(out_dir / "images" / f"{s.key}.jpg") as tmp:
+            tmp.write_bytes(encode_image(s.image))
+        lines.append(json.dumps({"key": s.key, "image": f"images/{s.key}.jpg", WEB_KEY: s.web, SYNTHETIC_KEY: s.synthetic}))
+    atomic_write_text(out_dir / "captions.jsonl", "\n".join(lines) + "\n")
+    return out_dir / "captions.jsonl"
+
+
+def write_parquet(path: str | Path, n: int, seed: int = 0, image_size: int = 64, start: int = 0) -> Path:
+    """``n`` samples as one parquet file: ``key``, ``image`` (struct of ``bytes``/``path``, as HF
+    ``datasets`` stores images), ``org_caption``, ``re_caption``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(_samples(n, seed, image_size, start))
+    table = pa.table({
+        "key": [s.key for s in rows],
+        "image": [{"bytes": encode_image(s.image), "path": None} for s in rows],
+        WEB_KEY: [s.web for s in rows],
+        SYNTHETIC_KEY: [s.synthetic for s in rows],
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size: int = 64,
+                          captions_per_image: int = 5) -> Path:
+    """A Karpathy-style eval split: ``images/*.jpg`` + ``dataset.json``
+    (``{"images": [{"filename", "split": "test", "sentences": [{"raw": ...}] x5}]}``); returns the JSON path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 1])
+        s = generate_sample(i, seed, image_size)
+        name = f"{s.key}.jpg"
+        with atomic_path(out_dir / "images" / name) as tmp:
+            tmp.write_bytes(encode_image(s.image))
+        entries.append({"filename": name, "split": "test", "imgid": i,
+                        "sentences": [{"raw": c} for c in reference_captions(s.scene, rng, captions_per_image)]})
+    atomic_write_json(out_dir / "dataset.json", {"images": entries})
+    return out_dir / "dataset.json"

@@ -1,0 +1,439 @@
+"""The pretraining loop: stages of (model at a resolution, engine, data stream), step by step.
+
+    from pretrain.config import load_config
+    from pretrain.trainer import train
+    summary = train(load_config("clips-tiny", ["--train.out_dir", "runs/tiny"]))
+
+One optimizer step = ``accum_steps`` micro-batches of ``micro_batch_size`` samples on each of
+``world`` ranks (``global_batch_size`` in total), contrasted as one batch (see
+:mod:`pretrain.objective`). A stage change (e.g. 112 px -> 224 px) saves a checkpoint and rebuilds
+model, engine and data stream from it, which is the same code path as resuming a killed run;
+positional embeddings (and their Adam moments) are interpolated on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import clips_tower
+from clips_tower.flops import model_flops
+from clips_tower.io import atomic_write_json, atomic_write_text
+from clips_tower.tokenizer import PAD_ID
+
+from . import distributed as D
+from .checkpointing import list_checkpoints, load_trainer_state, prune_checkpoints, resolve_resume, save_checkpoint, step_dir
+from .config import PretrainConfig
+from .data.decode import SampleProcessor
+from .data.errors import add_counts
+from .data.sources import SourceOptions, open_source
+from .data.stream import StreamConfig, TrainStream, make_loader
+from .engines import ENGINES, autocast
+from .losses import CLIPSLoss
+from .metrics import RunLogger, matmul_tflops
+from .objective import CLIPSObjective, FeatureBank
+from .optim import stage_lr_factors
+from .recipes import PREFIX_TEXT, build_recipe
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides weights and optimizer: this rank's data position
+    (``cursors`` per logical worker, ``next_worker``) and skipped-sample counts."""
+
+    step: int = 0
+    cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
+    next_worker: int = 0
+    bad: Counter = field(default_factory=Counter)
+    epoch: int = 0
+
+
+@dataclass
+class Session:
+    """One stage's live objects."""
+
+    stage: int
+    image_size: int
+    micro_batch_size: int
+    accum_steps: int
+    objective: CLIPSObjective
+    engine: object
+    batches: object  # iterator over the data loader
+    flops_fn: object  # caption tokens per sample -> training FLOPs per sample
+
+
+class _Unaugmented:
+    """Eval preprocessing with the training transform's ``(image, rng)`` signature."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image, rng):
+        return self.transform(image)
+
+
+def _model_config(name: str) -> clips_tower.CLIPSConfig:
+    if Path(name).is_file():
+        return clips_tower.load_config(name)
+    return clips_tower.get_model_config(name)
+
+
+class Trainer:
+    """Runs a :class:`~pretrain.config.PretrainConfig` (one process of a possibly distributed run)."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        t, d = cfg.train, cfg.data
+        if t.torch_threads:
+            torch.set_num_threads(t.torch_threads)
+        self.dist = D.init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
+                                       force_group=cfg.dist.strategy == "deepspeed")
+        self.out = Path(t.out_dir)
+        captioner = cfg.recipe.captioner if cfg.loss.caption_weight > 0 else False
+        self.recipe = build_recipe(cfg.recipe.name, cfg.recipe.strategy, cfg.recipe.tokens, cfg.recipe.web_fraction,
+                                   captioner, cfg.recipe.text_weights)
+        self.base_config = _model_config(cfg.model.name)
+        if self.recipe.captioner and self.base_config.captioner is None:
+            raise ValueError(f"recipe {self.recipe.name!r} trains the captioner but model {cfg.model.name!r} has none")
+        # Encoder rows and captioner targets must be as long as the model's text context and queries.
+        self.tokenizer = clips_tower.load_tokenizer(
+            context_length=self.base_config.text.context_length,
+            target_length=self.base_config.captioner.num_queries if self.base_config.captioner else None)
+        self.lr_factor = stage_lr_factors(cfg.stages, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule,
+                                          cfg.optim.min_lr_ratio)
+        bounds, start = [], 0
+        for st in cfg.stages:
+            bounds.append((start, start + st.steps))
+            start += st.steps
+        self.bounds = bounds
+        self.source = None  # opened with the first data stream
+        self._eval_set = None
+        self.peak_tflops = None
+
+    # ------------------------------------------------------------------ layout
+    def batch_layout(self, stage: int) -> tuple[int, int]:
+        """(micro-batch size per rank, accumulation steps) of ``stage``; they must divide the global batch."""
+        t, w = self.cfg.train, self.dist.world
+        micro = self.cfg.stages[stage].micro_batch_size or t.micro_batch_size or t.global_batch_size // w
+        if micro < 1 or t.global_batch_size % (micro * w):
+            raise ValueError(f"train.global_batch_size {t.global_batch_size} is not a multiple of micro_batch_size "
+                             f"{micro} x {w} ranks")
+        return micro, t.global_batch_size // (micro * w)
+
+    def stage_at(self, step: int) -> int:
+        """Index of the stage that step ``step`` belongs to (``len(stages)`` when training is done)."""
+        return next((i for i, (lo, hi) in enumerate(self.bounds) if step < hi), len(self.bounds))
+
+    def image_size(self, stage: int) -> int:
+        """Training resolution of ``stage``."""
+        return self.cfg.stages[stage].image_size or self.base_config.vision.image_size
+
+    # ------------------------------------------------------------------ building a stage
+    def _make_model(self, image_size: int, ckpt: Path | None) -> clips_tower.CLIPS:
+        use_cap = self.recipe.captioner
+        if ckpt is not None:
+            return clips_tower.load_model(ckpt / "model", image_size=image_size, captioner=use_cap)
+        torch.manual_seed(self.cfg.train.seed)  # identical initialisation on every rank
+        model = clips_tower.create_model(self.base_config, image_size=image_size, captioner=use_cap)
+        init = self.cfg.model.init_from
+        if init:
+            src = clips_tower.load_model(init, image_size=image_size, captioner=use_cap)
+            result = model.load_state_dict(src.state_dict(), strict=False)
+            stray = [k for k in result.missing_keys if not k.startswith("captioner.")] + list(result.unexpected_keys)
+            if stray:
+                raise ValueError(f"model.init_from={init}: does not fit {self.base_config.name}: {stray[:10]}")
+            log.info("initialised from %s%s", init, " (fresh captioner)" if result.missing_keys else "")
+        return model
+
+    def processor(self, image_size: int) -> SampleProcessor:
+        """The per-sample pipeline (decode, augment at ``image_size``, sample captions) of this run."""
+        d = self.cfg.data
+        mcfg = self.base_config.with_image_size(image_size)
+        a = d.augment
+        if a.enabled:
+            transform = clips_tower.image_transform(mcfg, train=True, scale=a.scale, ratio=a.ratio, p_jitter=a.p_jitter,
+                                                    brightness=a.brightness, contrast=a.contrast,
+                                                    saturation=a.saturation, hue=a.hue, p_gray=a.p_gray)
+        else:
+            transform = _Unaugmented(clips_tower.image_transform(mcfg, train=False))
+        return SampleProcessor(self.recipe, self.tokenizer, transform, self.cfg.train.seed, d.web_key, d.synthetic_key)
+
+    def _loader(self, image_size: int, micro: int, state: RunState):
+        cfg, d = self.cfg, self.cfg.data
+        if self.source is None:
+            self.source = open_source(d.train, d.format, SourceOptions(
+                image_exts=d.image_exts, image_column=d.image_column, key_column=d.key_column, image_root=d.image_root,
+                caption_columns=(d.web_key, d.synthetic_key)))
+        scfg = StreamConfig(cfg.train.seed, micro, d.shuffle_buffer, d.resampled, self.dist.rank, self.dist.world,
+                            d.num_workers)
+        stream = TrainStream(self.source, self.processor(image_size), self.tokenizer, scfg, state.cursors,
+                             state.next_worker)
+        return iter(make_loader(stream, d.prefetch_factor, pin_memory=self.dist.device.type == "cuda"))
+
+    def build_session(self, stage: int, ckpt: Path | None, ckpt_state: dict | None, state: RunState,
+                      with_data: bool = True) -> Session:
+        """Model, engine and data stream for ``stage``, restored from ``ckpt`` when given
+        (``with_data=False``: no data stream, for benchmarks that feed batches themselves)."""
+        cfg, dev = self.cfg, self.dist.device
+        image_size = self.image_size(stage)
+        micro, accum = self.batch_layout(stage)
+        model = self._make_model(image_size, ckpt)
+        model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+        model.set_attn_impl(cfg.model.attn_impl)
+        loss = CLIPSLoss(self.recipe.text_weights, cfg.loss.contrastive, cfg.loss.contrastive_weight,
+                         cfg.loss.caption_weight, cfg.loss.siglip_bias_init)
+        if ckpt_state is not None and ckpt_state.get("loss"):
+            loss.load_state_dict(ckpt_state["loss"])
+        objective = CLIPSObjective(model, loss, self.dist.rank, self.dist.world, cfg.loss.local_loss,
+                                   cfg.loss.max_logit_scale, PREFIX_TEXT).to(dev)
+        if cfg.model.compile:
+            model.compile()
+        engine = ENGINES[cfg.dist.strategy](
+            objective, strategy=cfg.dist.strategy, device=dev, world=self.dist.world, optim_cfg=cfg.optim,
+            lr_factor=self.lr_factor, precision=cfg.train.precision, grad_clip=cfg.train.grad_clip,
+            max_logit_scale=cfg.loss.max_logit_scale, micro_batch_size=micro, accum_steps=accum,
+            zero_stage=cfg.dist.zero_stage, deepspeed_config=cfg.dist.deepspeed_config)
+        if ckpt_state is not None:
+            resized = ckpt_state["image_size"] != image_size
+            engine.load_state_dict(ckpt_state, ckpt, model.config.vision.grid_size if resized else None)
+        mcfg = model.config
+        num_texts = len(self.recipe.text_weights)
+
+        def flops_fn(caption_tokens: float) -> float:
+            return model_flops(mcfg, num_texts, self.recipe.captioner, round(caption_tokens),
+                               cfg.train.global_batch_size).train
+
+        log.info("stage %d (%s): %d px, %d steps, micro-batch %d x %d ranks x %d accumulation = %d",
+                 stage, cfg.stages[stage].name or "-", image_size, cfg.stages[stage].steps, micro, self.dist.world,
+                 accum, cfg.train.global_batch_size)
+        batches = self._loader(image_size, micro, state) if with_data else None
+        return Session(stage, image_size, micro, accum, objective, engine, batches, flops_fn)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, s: Session, batches: list[dict]) -> tuple[dict[str, float], float]:
+        """One optimizer step over ``accum_steps`` micro-batches; returns (rank-averaged loss
+        terms + ``grad_norm`` + ``lr``, supervised caption tokens in the global batch)."""
+        dev, prec, eng = self.dist.device, self.cfg.train.precision, s.engine
+        mbs = [{"images": b["images"].to(dev, non_blocking=True),
+                "texts": {n: t.to(dev, non_blocking=True) for n, t in b["texts"].items()},
+                "targets": b["targets"].to(dev, non_blocking=True) if b["targets"] is not None else None}
+               for b in batches]
+        tokens = sum(int((m["targets"][:, 1:] != PAD_ID).sum()) for m in mbs if m["targets"] is not None)
+        tokens_total = D.all_reduce_sum(torch.tensor(float(tokens), device=dev))
+        caption_norm = tokens_total / self.dist.world
+        bank = None
+        if len(mbs) > 1:
+            with torch.no_grad(), autocast(dev, prec):
+                feats = [eng.module(m["images"], m["texts"], features_only=True) for m in mbs]
+            bank = FeatureBank(torch.cat([f[0] for f in feats]),
+                               {n: torch.cat([f[1][n] for f in feats]) for n in feats[0][1]}, feats[0][0].shape[0])
+        lr = eng.lr
+        logged: dict[str, torch.Tensor] = {}
+        for j, m in enumerate(mbs):
+            last = j == len(mbs) - 1
+            with eng.sync(last):
+                with autocast(dev, prec):
+                    terms = eng.module(m["images"], m["texts"], m["targets"], bank=bank, micro=j, live_scale=last,
+                                       caption_norm=caption_norm)
+                eng.backward(terms["loss"])
+            for k, v in terms.items():
+                if k == "caption":  # per micro-batch share of the global mean: add up
+                    logged[k] = logged.get(k, 0) + v.detach()
+                elif k != "loss":  # contrastive terms cover the whole bank: the last one is the step's
+                    logged[k] = v.detach()
+        grad_norm = eng.step()
+        names = sorted(logged)
+        values = D.all_reduce_sum(torch.stack([logged[k].float().reshape(()) for k in names])) / self.dist.world
+        out = dict(zip(names, values.tolist()))
+        out["loss"] = self.cfg.loss.contrastive_weight * out["contrastive"] + self.cfg.loss.caption_weight * out.get("caption", 0.0)
+        out.update(grad_norm=grad_norm, lr=lr)
+        return out, float(tokens_total)
+
+    # ------------------------------------------------------------------ checkpoints and eval
+    def save(self, s: Session, state: RunState) -> Path:
+        """Checkpoint after ``state.step`` (collective)."""
+        folder = step_dir(self.out, state.step)
+        everyone = D.all_gather_objects({"cursors": state.cursors, "next_worker": state.next_worker,
+                                         "bad": dict(state.bad)})
+        trainer_state = {
+            "step": state.step, "image_size": s.image_size, "world": self.dist.world,
+            "num_workers": self.cfg.data.num_workers, "ranks": everyone, "epoch": state.epoch,
+            "rng": {"torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state(self.dist.device)} if self.dist.device.type == "cuda" else {})},
+            **s.engine.state_dict(),
+        }
+        save_checkpoint(folder, is_main=self.dist.is_main, objective_state=s.engine.model_state_dict(),
+                        model_config=s.objective.model.config, tokenizer=self.tokenizer, trainer_state=trainer_state,
+                        config_yaml=self.cfg.to_yaml(), write_extra=s.engine.save_extra)
+        if self.dist.is_main:
+            prune_checkpoints(self.out, self.cfg.train.keep_last, keep=(folder,))
+        log.info("saved checkpoint %s", folder)
+        return folder
+
+    def restore_state(self, ckpt_state: dict) -> RunState:
+        """This rank's :class:`RunState` from a checkpoint (data position only when the worker
+        layout is unchanged; otherwise the stream restarts at the next epoch)."""
+        state = RunState(step=ckpt_state["step"], epoch=ckpt_state.get("epoch", 0))
+        ranks = ckpt_state["ranks"]
+        mine = ranks[self.dist.rank] if self.dist.rank < len(ranks) else {}
+        add_counts(state.bad, mine.get("bad", {}))
+        same = ckpt_state["world"] == self.dist.world and ckpt_state["num_workers"] == self.cfg.data.num_workers
+        if same:
+            state.cursors = {int(k): tuple(v) for k, v in mine["cursors"].items()}
+            state.next_worker = mine["next_worker"]
+        else:
+            epoch = 1 + max((c[0] for r in ranks for c in r["cursors"].values()), default=-1)
+            log.warning("data layout changed (world %s -> %s, workers %s -> %s): data restarts at epoch %d",
+                        ckpt_state["world"], self.dist.world, ckpt_state["num_workers"], self.cfg.data.num_workers, epoch)
+            state.cursors = {g: (epoch, 0) for g in range(self.dist.world * max(1, self.cfg.data.num_workers))}
+        torch.set_rng_state(ckpt_state["rng"]["torch"])
+        if "cuda" in ckpt_state["rng"] and self.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt_state["rng"]["cuda"], self.dist.device)
+        return state
+
+    def evaluate(self, s: Session) -> dict[str, float]:
+        """Zero-shot retrieval on ``eval.dataset`` (rank 0; every rank under FSDP2, whose towers
+        are sharded). Returns ``{"val/i2t_R@1": ..., ...}``."""
+        from eval.data import load_retrieval_dataset
+        from eval.retrieval import evaluate_retrieval
+
+        e = self.cfg.eval
+        if self._eval_set is None:
+            self._eval_set = load_retrieval_dataset(e.dataset, image_root=e.image_root, split=e.split, fmt=e.format)
+        model = s.objective.model
+        model.eval()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.train.precision)
+        with torch.no_grad():
+            res = evaluate_retrieval(model, self.tokenizer, self._eval_set,
+                                     transform=clips_tower.image_transform(model.config, train=False),
+                                     batch_size=e.batch_size, device=str(self.dist.device), autocast_dtype=dtype,
+                                     progress=False)
+        model.train()
+        return {f"val/{k}": float(v) for k, v in res.items()}
+
+    def _eval_due(self, step: int, done: bool) -> bool:
+        e = self.cfg.eval
+        return bool(e.dataset) and (done or (e.every_steps > 0 and step % e.every_steps == 0))
+
+    def _run_eval(self, s: Session) -> dict[str, float]:
+        everyone = self.cfg.dist.strategy == "fsdp2" and self.dist.world > 1
+        res = self.evaluate(s) if (self.dist.is_main or everyone) else {}
+        D.barrier()
+        return res
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict:
+        """Train through every stage (resuming per ``train.resume``); returns the run summary
+        (also written to ``<out_dir>/summary.json`` by rank 0)."""
+        cfg, t = self.cfg, self.cfg.train
+        ckpt = resolve_resume(t.resume, self.out)
+        ckpt_state = load_trainer_state(ckpt) if ckpt is not None else None
+        state = self.restore_state(ckpt_state) if ckpt_state is not None else RunState()
+        resumed_from = str(ckpt) if ckpt is not None else None
+        if ckpt is not None:
+            log.info("resuming from %s (step %d)", ckpt, state.step)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", cfg.to_yaml())
+        if t.mfu_peak_tflops is None:
+            self.peak_tflops = matmul_tflops({"fp32": torch.float32}.get(t.precision, torch.bfloat16), self.dist.device)
+            log.info("matmul roofline (%s): %.3f TFLOP/s per device", t.precision, self.peak_tflops)
+        else:
+            self.peak_tflops = t.mfu_peak_tflops or None
+        logger = RunLogger(self.out, active=self.dist.is_main, tensorboard=t.tensorboard, progress=t.progress,
+                           total_steps=cfg.total_steps, initial_step=state.step)
+        start_step, started = state.step, time.perf_counter()
+        last: dict[str, float] = {}
+        evals: dict[str, float] = {}
+        stopped = False
+        try:
+            while not stopped and (k := self.stage_at(state.step)) < len(cfg.stages):
+                s = self.build_session(k, ckpt, ckpt_state, state)
+                stopped, metrics, ev = self._run_stage(s, state, logger)
+                last.update(metrics)
+                evals.update(ev)
+                if not stopped:
+                    ckpt = step_dir(self.out, state.step)
+                    ckpt_state = load_trainer_state(ckpt)
+                del s
+        finally:
+            logger.close()
+        elapsed = time.perf_counter() - started
+        bad = add_counts(Counter(), [r["bad"] for r in D.all_gather_objects({"bad": dict(state.bad)})])
+        summary = {
+            "steps": state.step, "total_steps": cfg.total_steps, "stopped_early": stopped,
+            "samples_seen": state.step * t.global_batch_size, "resumed_from": resumed_from,
+            "steps_this_run": state.step - start_step, "wall_time_s": round(elapsed, 3),
+            "samples_per_s": (state.step - start_step) * t.global_batch_size / elapsed if elapsed > 0 else None,
+            "bad_samples": dict(sorted(bad.items())), "final_metrics": last, "eval": evals,
+            "checkpoint": str(list_checkpoints(self.out)[-1][1]) if list_checkpoints(self.out) else None,
+        }
+        if self.dist.is_main:
+            atomic_write_json(self.out / SUMMARY_FILE, summary)
+            log.info("run summary: steps %d/%d, %.1f samples/s, bad samples %s", state.step, cfg.total_steps,
+                     summary["samples_per_s"] or 0, summary["bad_samples"] or "none")
+        return summary
+
+    def _run_stage(self, s: Session, state: RunState, logger: RunLogger) -> tuple[bool, dict, dict]:
+        cfg, t = self.cfg, self.cfg.train
+        end = self.bounds[s.stage][1]
+        w = max(1, cfg.data.num_workers)
+        window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
+        metrics: dict[str, float] = {}
+        evals: dict[str, float] = {}
+        while state.step < end:
+            t0 = time.perf_counter()
+            batches = [next(s.batches) for _ in range(s.accum_steps)]
+            wait += time.perf_counter() - t0
+            for b in batches:
+                state.cursors[b["worker"]] = (b["epoch"], b["position"])
+                state.next_worker = (b["worker"] - self.dist.rank * w + 1) % w
+                state.epoch = b["epoch"]
+                add_counts(state.bad, b["bad"])
+            values, tokens = self.train_step(s, batches)
+            state.step += 1
+            window_steps += 1
+            window_tokens += tokens
+            done = state.step == end
+            if state.step % t.log_every == 0 or done:
+                elapsed = time.perf_counter() - window_start
+                sps = window_steps * t.global_batch_size / elapsed
+                values.update(samples_per_s=sps, data_wait=wait / elapsed, stage=s.stage, epoch=state.epoch,
+                              samples=state.step * t.global_batch_size, image_size=s.image_size,
+                              logit_scale=float(s.objective.model.logit_scale.detach().exp()))
+                if self.peak_tflops:
+                    per_sample = s.flops_fn(window_tokens / (window_steps * t.global_batch_size))
+                    values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
+                bad = add_counts(Counter(), [r for r in D.all_gather_objects(dict(state.bad))])
+                values.update({f"bad/{k}": v for k, v in bad.items()})
+                logger.scalars(state.step, {k: (float(v) if isinstance(v, float) else v) for k, v in values.items()})
+                logger.advance(window_steps, {"loss": f"{values['loss']:.4f}", "samples/s": f"{sps:.1f}"})
+                if bad:
+                    log.info("step %d: skipped bad samples so far %s", state.step, dict(bad))
+                metrics = values
+                window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
+            final = state.step == cfg.total_steps
+            if self._eval_due(state.step, final):
+                ev = self._run_eval(s)
+                logger.scalars(state.step, ev)
+                evals = ev
+            stop = t.stop_after_steps is not None and state.step >= t.stop_after_steps
+            if state.step % t.save_every == 0 or done or stop:
+                self.save(s, state)
+            if stop and not final:
+                log.info("stopping after step %d (train.stop_after_steps)", state.step)
+                return True, metrics, evals
+        return False, metrics, evals
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """Run ``cfg`` to the end (or to ``train.stop_after_steps``); returns the run summary."""
+    return Trainer(cfg).fit()

@@ -1,0 +1,201 @@
+"""Eval data formats (Karpathy JSON, JSONL, webdataset shards), bad-entry handling, and the
+retrieval driver on a tiny model. The generators here are reused by test_eval_cli.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import clips_tower
+from eval.data import BadEntriesError, detect_format, load_retrieval_dataset
+from eval.retrieval import evaluate_retrieval, retrieval_metrics, run_retrieval
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
+SHAPES = ("circle", "square")
+
+
+def scene(colour: str, shape: str, size: int = 40) -> Image.Image:
+    """A coloured shape on a grey background."""
+    img = Image.new("RGB", (size, size), (200, 200, 200))
+    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    (ImageDraw.Draw(img).ellipse if shape == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=COLOURS[colour])
+    return img
+
+
+def scenes(n: int) -> list[tuple[str, str]]:
+    return [(list(COLOURS)[i % 4], SHAPES[(i // 4) % 2]) for i in range(n)]
+
+
+def write_karpathy(root: Path, n_test: int = 6, per_image: int = 5, dataset: str = "coco", n_train: int = 2) -> Path:
+    """A Karpathy-format split file with generated images (COCO layout: image_root/val2014/...;
+    Flickr layout: image_root/<file>). Returns the JSON path."""
+    entries = []
+    for i, (c, s) in enumerate(scenes(n_test + n_train)):
+        filename = f"img_{i:04d}.jpg"
+        folder = root / "val2014" if dataset == "coco" else root / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        scene(c, s).save(folder / filename)
+        entry = {"filename": filename, "split": "test" if i < n_test else "train", "imgid": i,
+                 "sentences": [{"raw": f"a {c} {s} on grey, view {k}.", "tokens": []} for k in range(per_image)]}
+        if dataset == "coco":
+            entry["filepath"] = "val2014"
+        entries.append(entry)
+    path = root / f"dataset_{dataset}.json"
+    path.write_text(json.dumps({"dataset": dataset, "images": entries}))
+    return path
+
+
+def test_karpathy_coco_layout_and_split(tmp_path):
+    path = write_karpathy(tmp_path, n_test=6, per_image=5, n_train=3)
+    ds = load_retrieval_dataset(path)
+    assert detect_format(path) == "karpathy" and ds.name == "coco"
+    assert len(ds) == 6 and ds.num_captions == 30 and ds.skipped == []
+    assert ds.images[2].path == tmp_path / "val2014" / "img_0002.jpg"
+    texts, index = ds.flat_captions()
+    assert texts[7] == "a green circle on grey, view 2." and index.tolist() == [i for i in range(6) for _ in range(5)]
+    np.testing.assert_array_equal(np.asarray(ds[1]), np.asarray(Image.open(ds.images[1].path)))
+    assert len(load_retrieval_dataset(path, split="train")) == 3
+    with pytest.raises(ValueError, match=r"no images in split 'val'; splits present: \{'test': 6, 'train': 3\}"):
+        load_retrieval_dataset(path, split="val")
+
+
+def test_karpathy_flickr_layout_with_image_root(tmp_path):
+    path = write_karpathy(tmp_path / "ann", dataset="flickr30k")
+    moved = tmp_path / "flickr30k-images"
+    (tmp_path / "ann" / "images").rename(moved)
+    ds = load_retrieval_dataset(path, image_root=moved)
+    assert ds.name == "flickr30k" and ds.images[0].path == moved / "img_0000.jpg"
+    with pytest.raises(BadEntriesError, match="6 bad entries"):
+        load_retrieval_dataset(path)  # default root is the JSON's folder: every image is missing
+
+
+def test_jsonl_and_webdataset_formats_hold_the_same_set(tmp_path):
+    items = scenes(5)
+    lines, shard = [], tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, (c, s) in enumerate(items):
+            scene(c, s).save(tmp_path / f"{i}.png")
+            captions = [f"a {c} {s}.", f"{s} coloured {c}."]
+            lines.append(json.dumps({"image": f"{i}.png", "captions": captions}))
+            buf = io.BytesIO()
+            scene(c, s).save(buf, format="PNG")
+            members = {f"s/{i:03d}.png": buf.getvalue(),
+                       f"s/{i:03d}.txt" if i % 2 else f"s/{i:03d}.json":
+                           ("\n".join(captions) if i % 2 else json.dumps({"captions": captions})).encode()}
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "set.jsonl").write_text("\n".join(lines) + "\n")
+    jl = load_retrieval_dataset(tmp_path / "set.jsonl")
+    for wds_path in (shard, tmp_path, str(tmp_path / "shard-{000..000}.tar")):
+        wds = load_retrieval_dataset(wds_path)
+        assert wds.captions == jl.captions
+        for i in range(5):  # lazily read straight from the tar at the member's offset
+            np.testing.assert_array_equal(np.asarray(wds[i]), np.asarray(jl[i]))
+    assert wds.images[3].name == f"{shard}:s/003"
+
+
+def _corrupt_set(tmp_path: Path) -> Path:
+    path = write_karpathy(tmp_path, n_test=6, per_image=3)
+    data = json.loads(path.read_text())
+    (tmp_path / "val2014" / "img_0001.jpg").unlink()                       # missing image
+    (tmp_path / "val2014" / "img_0002.jpg").write_bytes(b"not an image")   # undecodable header
+    data["images"][3]["sentences"][1]["raw"] = "   "                        # one empty caption
+    data["images"][4]["sentences"] = []                                    # no captions at all
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bad_entries_are_all_listed(tmp_path):
+    path = _corrupt_set(tmp_path)
+    with pytest.raises(BadEntriesError) as err:
+        load_retrieval_dataset(path)
+    msg = str(err.value)
+    assert "4 bad entries" in msg and "--skip-bad" in msg
+    assert f"{tmp_path / 'val2014' / 'img_0001.jpg'}: missing image" in msg
+    assert f"{tmp_path / 'val2014' / 'img_0002.jpg'}: unreadable image" in msg
+    assert "images[3] (img_0003.jpg) caption 1: bad caption" in msg
+    assert "images[4] (img_0004.jpg): no captions" in msg
+    assert len(err.value.problems) == 4
+
+
+def test_skip_bad_drops_and_counts(tmp_path):
+    ds = load_retrieval_dataset(_corrupt_set(tmp_path), skip_bad=True)
+    # images 1, 2 and 4 are dropped; image 3 keeps its two good captions
+    assert [im.path.name for im in ds.images] == ["img_0000.jpg", "img_0003.jpg", "img_0005.jpg"]
+    assert [len(c) for c in ds.captions] == [3, 2, 3]
+    assert sorted(p.reason for p in ds.skipped) == ["bad caption", "missing image", "no captions", "unreadable image"]
+
+
+def _write_truncated_jpeg(path: Path) -> None:
+    """A JPEG whose header is intact but whose pixel data is cut: it fails only when decoded."""
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+
+
+def test_truncated_image_fails_the_eval_pass_unless_skip_bad(tmp_path, tiny_model, tokenizer):
+    path = write_karpathy(tmp_path, n_test=5, per_image=2)
+    _write_truncated_jpeg(tmp_path / "val2014" / "img_0003.jpg")
+    ds = load_retrieval_dataset(path)  # the header check passes
+    with pytest.raises(BadEntriesError, match=r"(?s)1 bad entry.*img_0003.jpg: unreadable image \(OSError: image file is truncated"):
+        evaluate_retrieval(tiny_model, tokenizer, ds, progress=False)
+    result = run_retrieval(tiny_model, tokenizer, ds, progress=False, skip_bad=True)
+    assert result.metrics["num_images"] == 4 and result.metrics["num_captions"] == 8
+    assert result.metrics["skipped"] == 1 and result.skipped[0].reason == "unreadable image"
+
+
+def test_evaluate_retrieval_matches_metrics_of_directly_computed_embeddings(tmp_path, tiny_model, tokenizer):
+    ds = load_retrieval_dataset(write_karpathy(tmp_path, n_test=8, per_image=3))
+    tiny_model.train()
+    metrics = evaluate_retrieval(tiny_model, tokenizer, ds, batch_size=3, progress=False)
+    assert tiny_model.training  # mode restored for the trainer
+    tiny_model.eval()
+    tf = clips_tower.image_transform(tiny_model.config)
+    with torch.no_grad():
+        img = tiny_model.encode_image(torch.stack([tf(Image.open(im.path)) for im in ds.images]), normalize=True)
+        caps = [c for cs in ds.captions for c in cs]
+        txt = tiny_model.encode_text(tokenizer(caps), normalize=True)
+    expected = retrieval_metrics(img, txt, torch.arange(8).repeat_interleave(3))
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+    assert (metrics["num_images"], metrics["num_captions"], metrics["skipped"]) == (8, 24, 0)
+    bf16 = evaluate_retrieval(tiny_model, tokenizer, ds, autocast_dtype=torch.bfloat16, progress=False)
+    assert set(bf16) == set(metrics)
+
+
+def test_malformed_jsonl_lines_and_shard_samples_are_listed(tmp_path):
+    scene("red", "circle").save(tmp_path / "ok.png")
+    (tmp_path / "set.jsonl").write_text("\n".join([
+        json.dumps({"image": "ok.png", "captions": ["a red circle."]}),
+        "{not json",
+        json.dumps({"captions": ["no image key"]}),
+        json.dumps({"image": "ok.png", "captions": "not a list"}),
+    ]) + "\n")
+    with pytest.raises(BadEntriesError) as err:
+        load_retrieval_dataset(tmp_path / "set.jsonl")
+    listed = [str(p).split("set.jsonl:")[1] for p in err.value.problems]
+    assert len(listed) == 3
+    assert listed[0].startswith("2: malformed entry (invalid JSON")
+    assert listed[1] == "3: malformed entry (missing 'image' path)"
+    assert listed[2] == "4: no captions (expected a non-empty list, got 'not a list')"
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name, data in {"a.png": (tmp_path / "ok.png").read_bytes(), "a.txt": b"red circle",
+                           "b.txt": b"caption without image", "c.png": (tmp_path / "ok.png").read_bytes()}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = load_retrieval_dataset(tmp_path / "s.tar", skip_bad=True)
+    assert ds.captions == [["red circle"]]
+    assert sorted(str(p).split("s.tar:")[1] for p in ds.skipped) == [
+        "b: malformed entry (0 image members (expected 1))",
+        "c: no captions (0 caption members (expected one .txt or .json))"]
