@@ -51,7 +51,7 @@ def _read_classnames(path: str | Path) -> list[str]:
     return names
 
 
-def _read_folder(root: Path, classnames: list[str] | None, image_root: Path | None):
+def _read_folder(root: Path, classnames: list[str] | None):
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
         raise ValueError(f"{root}: no class folders (expected root/<class>/<image>)")
@@ -100,7 +100,7 @@ def load_classification_dataset(
     path = Path(path)
     names = _read_classnames(classnames) if classnames else None
     if path.is_dir():
-        items, names = _read_folder(path, names, Path(image_root) if image_root else None)
+        items, names = _read_folder(path, names)
     elif path.suffix.lower() == ".csv" and path.is_file():
         items, names = _read_csv(path, names, Path(image_root) if image_root else None)
     else:

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules adding further ``clips eval`` subcommands (each has ``register(eval_subparsers)``).
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("eval.lmms.cli",)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

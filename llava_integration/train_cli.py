@@ -17,7 +17,8 @@ from .stages import STAGES
 def _run_stage(name: str, args: argparse.Namespace) -> int:
     from .data import DataCheckError
     from .feature_cache import FeatureCacheError
-    from .train import SetupError, run_stage
+    from .train import run_stage
+    from .train_args import SetupError
 
     try:
         run_stage(name, args.flags)

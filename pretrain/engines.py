@@ -132,12 +132,16 @@ class TorchEngine:
         """Accumulate the gradients of ``loss`` (scaled for fp16)."""
         self.scaler.scale(loss).backward()
 
-    def step(self) -> float:
-        """Average replicated grads (FSDP2), unscale, clip, AdamW step, schedule, clamp the logit scale."""
+    def reduce_replicated_grads(self) -> None:
+        """Average the gradients of the parameters FSDP2 leaves replicated (scalars) over ranks."""
         for p in self.replicated:
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
+
+    def step(self) -> float:
+        """Average replicated grads (FSDP2), unscale, clip, AdamW step, schedule, clamp the logit scale."""
+        self.reduce_replicated_grads()
         self.scaler.unscale_(self.optimizer)
         norm = clip_gradients(self.params, self.grad_clip)
         self.scaler.step(self.optimizer)

@@ -51,6 +51,11 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bi
     return -F.logsigmoid(signs * logits).sum() / rows.shape[0]
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or kept in float64 (bf16/fp16 features are upcast for the loss maths)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 ContrastiveLoss = Callable[..., torch.Tensor]
 CONTRASTIVE_LOSSES: dict[str, ContrastiveLoss] = {"clip": clip_loss, "siglip": siglip_loss}
 
@@ -97,17 +102,17 @@ class CLIPSLoss(nn.Module):
         Returns ``{"loss", "contrastive", "contrastive/<name>" ..., "caption" (with a captioner)}``.
         """
         bias = self.logit_bias if bias is None else bias
-        image = image.float()
+        image = at_least_fp32(image)
         out: dict[str, torch.Tensor] = {}
         con = image.new_zeros(())
         for name, w in self.text_weights.items():
-            term = self.contrastive_fn(image, texts[name].float(), scale.float(), bias, rows)
+            term = self.contrastive_fn(image, at_least_fp32(texts[name]), at_least_fp32(scale), bias, rows)
             out[f"contrastive/{name}"] = term
             con = con + w * term
         out["contrastive"] = con
         total = self.contrastive_weight * con
         if caption_logits is not None and self.caption_weight:
-            ce = F.cross_entropy(caption_logits.float(), caption_labels, reduction="sum")
+            ce = F.cross_entropy(at_least_fp32(caption_logits), caption_labels, reduction="sum")
             norm = caption_labels.numel() if caption_norm is None else caption_norm
             out["caption"] = ce / max(norm, 1) if not torch.is_tensor(norm) else ce / norm.clamp_min(1)
             total = total + self.caption_weight * out["caption"]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .distributed import gather_no_grad, gather_with_grad
-from .losses import CLIPSLoss
+from .losses import CLIPSLoss, at_least_fp32
 
 
 @dataclass
@@ -65,8 +65,8 @@ class CLIPSObjective(nn.Module):
 
     def _encode(self, images: torch.Tensor, texts: Mapping[str, torch.Tensor], targets: torch.Tensor | None) -> dict:
         out = self.model(images, texts, target_ids=targets, prefix_text=self.prefix_text)
-        out["image_features"] = out["image_features"].float()
-        out["text_features"] = {n: f.float() for n, f in out["text_features"].items()}
+        out["image_features"] = at_least_fp32(out["image_features"])
+        out["text_features"] = {n: at_least_fp32(f) for n, f in out["text_features"].items()}
         return out
 
     def forward(

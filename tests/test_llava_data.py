@@ -17,7 +17,7 @@ from PIL import Image
 
 from llava_integration.conversation import (TEMPLATES, ConversationError, Rendered, get_template,
                                             validate_turns)
-from llava_integration.data import (IGNORE_INDEX, CheckReport, DataCheckError, LabelMaskError, LlavaCollator,
+from llava_integration.data import (IGNORE_INDEX, DataCheckError, LabelMaskError, LlavaCollator,
                                     LlavaDataset, ModalityLengthGroupedSampler, TokenSpec, check_samples,
                                     encode_batch, encode_sample, expand_to_square, load_image, load_records)
 

@@ -18,8 +18,9 @@ from llava_integration.data import DataCheckError, LlavaCollator, LlavaDataset, 
 from llava_integration.feature_cache import (CachedFeatureLlava, FeatureCache, FeatureCacheError,
                                              build_feature_cache, tower_features)
 from llava_integration.stages import get_stage
-from llava_integration.train import (LlavaTrainer, add_lora, load_llava, load_projector, lr_overrides, parse_args,
-                                     run_stage, set_trainable, validate_args)
+from llava_integration.train import (LlavaTrainer, add_lora, load_llava, load_projector, lr_overrides, run_stage,
+                                     set_trainable)
+from llava_integration.train_args import deepspeed_config, parse_args, validate_args
 from test_llava_data import caption_records, instruction_records, write_images, write_json
 
 CPU = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"]
@@ -287,6 +288,17 @@ def test_invalid_flag_combinations(stage, flags, message):
     args = parse_args(stage, ["--model_name_or_path", "x", "--data_path", "y", "--output_dir", "z", *flags, *CPU])
     with pytest.raises(ValueError, match=message):
         validate_args(get_stage(stage), *args)
+
+
+def test_shipped_deepspeed_configs():
+    stages = {name: json.loads(deepspeed_config(name).read_text())["zero_optimization"]
+              for name in ("zero2", "zero3", "zero3_offload")}
+    assert {k: v["stage"] for k, v in stages.items()} == {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+    assert stages["zero3"]["stage3_gather_16bit_weights_on_model_save"] is True  # HF folder on save
+    assert stages["zero3_offload"]["offload_optimizer"]["device"] == "cpu"
+    assert deepspeed_config("zero2.json") == deepspeed_config("zero2")
+    with pytest.raises(FileNotFoundError, match=r"--deepspeed zero9: no such file and not a shipped config"):
+        deepspeed_config("zero9")
 
 
 def test_bad_data_stops_before_training(env, tmp_path):

@@ -37,11 +37,16 @@ class SyntheticSample:
 
 
 def generate_sample(index: int, seed: int = 0, image_size: int = 64, max_objects: int = 3) -> SyntheticSample:
-    """Sample ``index`` of the dataset with ``seed`` (deterministic, independent of other samples)."""
-    rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, max_objects)
-    image = render_scene(scene, image_size, rng)
-    return SyntheticSample(f"{seed:04d}{index:08d}", scene, image, web_caption(scene, rng), synthetic_caption(scene, rng))
+    """Sample ``index`` of the dataset with ``seed`` (deterministic, independent of other samples).
+
+    Scene, captions and pixel noise draw from separate streams, so the captions do not depend on
+    ``image_size``.
+    """
+    scene = sample_scene(np.random.default_rng([seed, index, 0]), max_objects)
+    text_rng = np.random.default_rng([seed, index, 1])
+    web = web_caption(scene, text_rng)
+    image = render_scene(scene, image_size, np.random.default_rng([seed, index, 2]))
+    return SyntheticSample(f"{seed:04d}{index:08d}", scene, image, web, synthetic_caption(scene, text_rng))
 
 
 def encode_image(image: Image.Image, fmt: str = "jpg", quality: int = 95) -> bytes:
@@ -102,7 +107,7 @@ def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n):
-        rng = np.random.default_rng([seed, i, 1])
+        rng = np.random.default_rng([seed, i, 3])
         s = generate_sample(i, seed, image_size)
         name = f"{s.key}.jpg"
         with atomic_path(out_dir / "images" / name) as tmp:
