@@ -1,10 +1,11 @@
-"""``clips pretrain`` and the ``clips data`` command group (``clips data shard``).
+"""``clips pretrain`` and the ``clips data`` command group (``clips data shard``, ``clips data synthetic``).
 
     clips pretrain --config clips-tiny --data.train data/tiny --train.out_dir runs/tiny
     torchrun --nproc_per_node 8 -m clips_cli.main pretrain --config clips-vit-l-14 --dist.strategy fsdp2
     clips pretrain --config clips-vit-b-16 --dry-run              # resolved config, batch layout, FLOPs
     clips pretrain --config clips-tiny --benchmark-steps 5        # samples/s and MFU, no data needed
     clips data shard --input captions.jsonl --out shards/ --shard-size 10000
+    clips data synthetic --out data/tiny --samples 2000 --eval-samples 100
 
 Every config key is an option (``clips pretrain --help`` lists them): ``--section.key VALUE`` or
 the bare ``--key VALUE`` where the name is unique; values are YAML.
@@ -103,6 +104,19 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synthetic(args: argparse.Namespace) -> int:
+    from .synthetic import write_retrieval_split, write_webdataset
+
+    sizes = write_webdataset(args.out, args.samples, seed=args.seed, shard_size=args.shard_size,
+                             image_size=args.image_size)
+    report = {"train": str(args.out), "shards": len(sizes), "samples": sum(sizes.values())}
+    if args.eval_samples:
+        report["eval"] = str(write_retrieval_split(args.eval_out or f"{args.out}-eval", args.eval_samples,
+                                                   seed=args.seed + 1, image_size=args.image_size))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``pretrain`` and ``data shard`` to the ``clips`` command."""
     from .config import override_keys
@@ -132,3 +146,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_shard)
+
+    g = data_subcommands(sub).add_parser("synthetic", help="generate a procedural image/caption dataset (shards + eval split)")
+    g.add_argument("--out", required=True, help="output folder for the training shards")
+    g.add_argument("--samples", type=int, default=2000, help="training samples")
+    g.add_argument("--shard-size", type=int, default=500, help="samples per shard")
+    g.add_argument("--eval-samples", type=int, default=0, help="also write a Karpathy-style eval split of N images")
+    g.add_argument("--eval-out", default=None, help="eval split folder (default: <out>-eval)")
+    g.add_argument("--image-size", type=int, default=64, help="rendered image side in pixels")
+    g.add_argument("--seed", type=int, default=0, help="dataset seed (the eval split uses seed + 1)")
+    g.set_defaults(func=_cmd_synthetic)

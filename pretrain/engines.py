@@ -103,8 +103,10 @@ class TorchEngine:
         self.params = [p for p in objective.parameters() if p.requires_grad]
 
     def _fully_shard(self, objective: nn.Module) -> nn.Module:
-        """Shard every block, then each tower (so ``encode_image``/``encode_text`` work alone, e.g.
-        for evaluation), then the root; scalar parameters stay replicated."""
+        """Shard every transformer block, then the vision and text towers (so ``encode_image`` /
+        ``encode_text`` work alone, e.g. for evaluation), then the root, which also holds the
+        captioner's own parameters (the model calls ``captioner.hidden``/``.head``, not the
+        captioner module, so it cannot be a unit of its own); scalar parameters stay replicated."""
         from torch.distributed.fsdp import fully_shard
 
         model = objective.model
@@ -113,7 +115,8 @@ class TorchEngine:
                 continue
             for block in tower.transformer.resblocks:
                 fully_shard(block)
-            fully_shard(tower)
+            if tower is not model.captioner:
+                fully_shard(tower)
         self.replicated = [p for p in objective.parameters() if p.ndim == 0]
         fully_shard(objective, ignored_params=set(self.replicated))
         for p in self.replicated:  # ranks must start equal: nothing else broadcasts ignored params
@@ -196,6 +199,12 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.objective, self.lr_factor = objective, lr_factor
+        # DeepSpeed broadcasts parameters as byte views, which 0-dim tensors (the logit scale, the
+        # SigLIP bias) cannot take: hold them as [1] while training, report them as [] in state dicts.
+        self.scalars = [n for n, p in objective.named_parameters() if p.ndim == 0]
+        for n in self.scalars:
+            p = objective.get_parameter(n)
+            p.data = p.data.reshape(1)
         optimizer = build_optimizer(objective, optim_cfg.lr, optim_cfg.betas, optim_cfg.eps, optim_cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         config = {
@@ -237,7 +246,8 @@ class DeepSpeedEngine:
         """Full objective state dict (ZeRO-2 keeps whole parameters on every rank); rank 0 only."""
         if dist.get_rank() != 0:
             return {}
-        return {k: v.detach().cpu().clone() for k, v in self.objective.state_dict().items()}
+        sd = {k: v.detach().cpu().clone() for k, v in self.objective.state_dict().items()}
+        return {k: v.reshape(()) if k in self.scalars else v for k, v in sd.items()}
 
     def state_dict(self) -> dict:
         """Scheduler state (optimizer partitions are written by :meth:`save_extra`)."""

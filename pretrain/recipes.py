@@ -19,6 +19,7 @@ synthetic caption. Turning it on for a recipe without a ``web`` text adds ``web`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -73,37 +74,35 @@ def _pieces(text: str, tokenizer) -> list[int]:
     return tokenizer.wordpieces([text])[0]
 
 
-def _clips(strategy, budget, web_fraction):
-    def make(c: Captions, tok, rng):
-        return {"web": _pieces(c.web, tok), "sub": strategy(c.synthetic, tok, budget, rng)}
-    return make, {"web": 0.5, "sub": 0.5}, True, {"web", "synthetic"}
+# Text makers: (captions, tokenizer, rng, strategy, budget, web_fraction) -> {name: pieces}. Plain
+# module-level functions (bound with functools.partial) so a recipe pickles into loader workers.
+def _clips(c: Captions, tok, rng, strategy, budget, web_fraction):
+    return {"web": _pieces(c.web, tok), "sub": strategy(c.synthetic, tok, budget, rng)}
 
 
-def _clip_web(strategy, budget, web_fraction):
-    return (lambda c, tok, rng: {"web": _pieces(c.web, tok)}), {"web": 1.0}, False, {"web"}
+def _clip_web(c: Captions, tok, rng, strategy, budget, web_fraction):
+    return {"web": _pieces(c.web, tok)}
 
 
-def _clip_synthetic_full(strategy, budget, web_fraction):
-    return (lambda c, tok, rng: {"synthetic": _pieces(c.synthetic, tok)}), {"synthetic": 1.0}, False, {"synthetic"}
+def _clip_synthetic_full(c: Captions, tok, rng, strategy, budget, web_fraction):
+    return {"synthetic": _pieces(c.synthetic, tok)}
 
 
-def _clip_synthetic_partial(strategy, budget, web_fraction):
-    return (lambda c, tok, rng: {"sub": strategy(c.synthetic, tok, budget, rng)}), {"sub": 1.0}, False, {"synthetic"}
+def _clip_synthetic_partial(c: Captions, tok, rng, strategy, budget, web_fraction):
+    return {"sub": strategy(c.synthetic, tok, budget, rng)}
 
 
-def _mixture(strategy, budget, web_fraction):
-    def make(c: Captions, tok, rng):
-        return {"text": _pieces(c.web if rng.random() < web_fraction else c.synthetic, tok)}
-    return make, {"text": 1.0}, False, {"web", "synthetic"}
+def _mixture(c: Captions, tok, rng, strategy, budget, web_fraction):
+    return {"text": _pieces(c.web if rng.random() < web_fraction else c.synthetic, tok)}
 
 
-# name -> builder(strategy, budget, web_fraction) -> (make_texts, default weights, default captioner, needs)
-RECIPES: dict[str, Callable] = {
-    "clips": _clips,
-    "clip-web": _clip_web,
-    "clip-synthetic-full": _clip_synthetic_full,
-    "clip-synthetic-partial": _clip_synthetic_partial,
-    "mixture": _mixture,
+# name -> (text maker, default contrastive weights, captioner by default, captions needed)
+RECIPES: dict[str, tuple[Callable, dict[str, float], bool, frozenset[str]]] = {
+    "clips": (_clips, {"web": 0.5, "sub": 0.5}, True, frozenset({"web", "synthetic"})),
+    "clip-web": (_clip_web, {"web": 1.0}, False, frozenset({"web"})),
+    "clip-synthetic-full": (_clip_synthetic_full, {"synthetic": 1.0}, False, frozenset({"synthetic"})),
+    "clip-synthetic-partial": (_clip_synthetic_partial, {"sub": 1.0}, False, frozenset({"synthetic"})),
+    "mixture": (_mixture, {"text": 1.0}, False, frozenset({"web", "synthetic"})),
 }
 
 
@@ -123,14 +122,14 @@ def build_recipe(
     (must name exactly the recipe's texts).
     """
     try:
-        builder = RECIPES[name]
+        maker, weights, use_captioner, needs = RECIPES[name]
     except KeyError:
         raise KeyError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}") from None
     if budget < 1:
         raise ValueError(f"recipe budget (tokens K) must be >= 1, got {budget}")
     if not 0.0 <= web_fraction <= 1.0:
         raise ValueError(f"web_fraction must be in [0, 1], got {web_fraction}")
-    make, weights, use_captioner, needs = builder(get_strategy(strategy), budget, web_fraction)
+    make = functools.partial(maker, strategy=get_strategy(strategy), budget=budget, web_fraction=web_fraction)
     if captioner is not None:
         use_captioner = captioner
     if text_weights is not None:

@@ -10,6 +10,7 @@ run's precision), as model FLOPs (:mod:`clips_tower.flops`) x samples/s / roofli
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -24,8 +25,9 @@ from .synthetic import encode_image, generate_sample
 def measure_throughput(cfg: PretrainConfig, steps: int = 3, warmup: int = 1) -> dict:
     """Time ``steps`` training steps (after ``warmup``) of stage 0 of ``cfg`` on one process.
 
-    Returns model/size/precision, ``samples_per_s``, ``step_s``, ``train_gflops_per_sample``,
-    ``achieved_tflops``, ``roofline_tflops`` and ``mfu``.
+    Returns model/size/precision, ``samples_per_s`` and ``step_s`` (from the median step),
+    ``train_gflops_per_sample``, ``achieved_tflops``, ``roofline_tflops`` (the better of a matmul
+    measured before and after the steps) and ``mfu``, plus the raw per-step times and rooflines.
     """
     from .trainer import RunState, Trainer
 
@@ -42,20 +44,26 @@ def measure_throughput(cfg: PretrainConfig, steps: int = 3, warmup: int = 1) -> 
     batches = [batch] * s.accum_steps
     for _ in range(warmup):
         tr.train_step(s, batches)
-    tokens = 0.0
-    start = time.perf_counter()
+    dtype = torch.float32 if cfg.train.precision == "fp32" else torch.bfloat16
+    rooflines = [matmul_tflops(dtype, tr.dist.device)]
+    times, tokens = [], 0.0
     for _ in range(steps):
+        start = time.perf_counter()
         tokens += tr.train_step(s, batches)[1]
-    if tr.dist.device.type == "cuda":
-        torch.cuda.synchronize(tr.dist.device)
-    elapsed = time.perf_counter() - start
+        if tr.dist.device.type == "cuda":
+            torch.cuda.synchronize(tr.dist.device)
+        times.append(time.perf_counter() - start)
+    rooflines.append(matmul_tflops(dtype, tr.dist.device))
+    # Shared machines are noisy: the median step and the better of the two rooflines (before/after).
+    step_s = statistics.median(times)
     per_step = cfg.train.global_batch_size
-    sps = steps * per_step / elapsed
+    sps = per_step / step_s
     flops = s.flops_fn(tokens / (steps * per_step))
-    roofline = matmul_tflops(torch.float32 if cfg.train.precision == "fp32" else torch.bfloat16, tr.dist.device)
+    roofline = max(rooflines)
     return {
         "model": s.objective.model.config.name, "image_size": s.image_size, "global_batch": per_step,
         "precision": cfg.train.precision, "recipe": cfg.recipe.name, "threads": torch.get_num_threads(),
-        "samples_per_s": sps, "step_s": elapsed / steps, "train_gflops_per_sample": flops / 1e9,
-        "achieved_tflops": flops * sps / 1e12, "roofline_tflops": roofline, "mfu": flops * sps / (roofline * 1e12),
+        "samples_per_s": sps, "step_s": step_s, "step_s_all": times, "train_gflops_per_sample": flops / 1e9,
+        "achieved_tflops": flops * sps / 1e12, "roofline_tflops": roofline, "roofline_tflops_all": rooflines,
+        "mfu": flops * sps / (roofline * 1e12),
     }

@@ -91,7 +91,7 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
-        t, d = cfg.train, cfg.data
+        t = cfg.train
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
         self.dist = D.init_distributed(t.device, cfg.dist.backend, cfg.dist.timeout_minutes,
@@ -115,6 +115,7 @@ class Trainer:
             start += st.steps
         self.bounds = bounds
         self.source = None  # opened with the first data stream
+        self.dataset_size: int | None = None  # data.num_samples, or counted from sizes.json / footers
         self._eval_set = None
         self.peak_tflops = None
 
@@ -172,6 +173,8 @@ class Trainer:
             self.source = open_source(d.train, d.format, SourceOptions(
                 image_exts=d.image_exts, image_column=d.image_column, key_column=d.key_column, image_root=d.image_root,
                 caption_columns=(d.web_key, d.synthetic_key)))
+            self.dataset_size = d.num_samples or self.source.num_samples()
+            log.info("training data: %d shards, %s samples", len(self.source.shards), self.dataset_size or "unknown")
         scfg = StreamConfig(cfg.train.seed, micro, d.shuffle_buffer, d.resampled, self.dist.rank, self.dist.world,
                             d.num_workers)
         stream = TrainStream(self.source, self.processor(image_size), self.tokenizer, scfg, state.cursors,
@@ -367,14 +370,15 @@ class Trainer:
         finally:
             logger.close()
         elapsed = time.perf_counter() - started
-        bad = add_counts(Counter(), [r["bad"] for r in D.all_gather_objects({"bad": dict(state.bad)})])
+        bad = add_counts(Counter(), D.all_gather_objects(dict(state.bad)))
+        saved = list_checkpoints(self.out)
         summary = {
             "steps": state.step, "total_steps": cfg.total_steps, "stopped_early": stopped,
             "samples_seen": state.step * t.global_batch_size, "resumed_from": resumed_from,
             "steps_this_run": state.step - start_step, "wall_time_s": round(elapsed, 3),
             "samples_per_s": (state.step - start_step) * t.global_batch_size / elapsed if elapsed > 0 else None,
             "bad_samples": dict(sorted(bad.items())), "final_metrics": last, "eval": evals,
-            "checkpoint": str(list_checkpoints(self.out)[-1][1]) if list_checkpoints(self.out) else None,
+            "checkpoint": str(saved[-1][1]) if saved else None,
         }
         if self.dist.is_main:
             atomic_write_json(self.out / SUMMARY_FILE, summary)
@@ -403,23 +407,25 @@ class Trainer:
             window_steps += 1
             window_tokens += tokens
             done = state.step == end
-            if state.step % t.log_every == 0 or done:
+            logged = state.step % t.log_every == 0 or done
+            if logged:
                 elapsed = time.perf_counter() - window_start
                 sps = window_steps * t.global_batch_size / elapsed
                 values.update(samples_per_s=sps, data_wait=wait / elapsed, stage=s.stage, epoch=state.epoch,
                               samples=state.step * t.global_batch_size, image_size=s.image_size,
                               logit_scale=float(s.objective.model.logit_scale.detach().exp()))
+                if self.dataset_size:
+                    values["epochs_seen"] = state.step * t.global_batch_size / self.dataset_size
                 if self.peak_tflops:
                     per_sample = s.flops_fn(window_tokens / (window_steps * t.global_batch_size))
                     values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
-                bad = add_counts(Counter(), [r for r in D.all_gather_objects(dict(state.bad))])
+                bad = add_counts(Counter(), D.all_gather_objects(dict(state.bad)))
                 values.update({f"bad/{k}": v for k, v in bad.items()})
-                logger.scalars(state.step, {k: (float(v) if isinstance(v, float) else v) for k, v in values.items()})
+                logger.scalars(state.step, values)
                 logger.advance(window_steps, {"loss": f"{values['loss']:.4f}", "samples/s": f"{sps:.1f}"})
                 if bad:
                     log.info("step %d: skipped bad samples so far %s", state.step, dict(bad))
                 metrics = values
-                window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
             final = state.step == cfg.total_steps
             if self._eval_due(state.step, final):
                 ev = self._run_eval(s)
@@ -431,6 +437,8 @@ class Trainer:
             if stop and not final:
                 log.info("stopping after step %d (train.stop_after_steps)", state.step)
                 return True, metrics, evals
+            if logged:  # the next throughput window starts after this step's eval and checkpoint
+                window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
         return False, metrics, evals
 
 

@@ -82,8 +82,9 @@ def hf(folders):
             AutoProcessor.from_pretrained(folders["llava"]))
 
 
-DOCS = [{"image": draw_scene(random_scene(random.Random(k)), 64), "question": q} for k, q in enumerate(["What colour is the circle?", "Is there a star in the image?",
-                                               "Which shape is red?", "How many shapes are there?", "Describe it."])]
+QUESTIONS = ["What colour is the circle?", "Is there a star in the image?", "Which shape is red?",
+             "How many shapes are there?", "Describe it."]
+DOCS = [{"image": draw_scene(random_scene(random.Random(k)), 64), "question": q} for k, q in enumerate(QUESTIONS)]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,16 @@ def test_generate_until_batched_equals_plain_generate(adapter, hf):
     got = adapter.generate_until(requests)
     expected = [hf_generate(*hf, d["image"], d["question"], 6 if k % 2 else 2) for k, d in enumerate(DOCS)]
     assert got == expected
+
+
+def test_generation_stops_at_until(adapter, hf):
+    """A stop string halts generation and is cut off with everything after it."""
+    doc = DOCS[2]
+    full = hf_generate(*hf, doc["image"], doc["question"], 6)
+    stop = full[3:5]
+    assert stop and full.index(stop) > 0
+    request = make_request("generate_until", (doc["question"], {**GREEDY, "until": [stop]}, visual, 2, "t", "test"), 2)
+    assert adapter.generate_until([request]) == [full[:full.index(stop)]]
 
 
 def test_generate_until_multi_round_feeds_each_answer_to_the_next_round(adapter, hf):

@@ -41,14 +41,17 @@ def test_generation_is_deterministic_and_seeded(tmp_path, data):
         assert path.read_bytes() != other[name].read_bytes()
 
 
-def test_pope_records_are_balanced_and_ask_about_a_present_and_an_absent_shape(data):
+def test_pope_records_are_balanced_and_ask_about_a_present_and_an_absent_object(data):
     records = _records(data, "clips_pope.jsonl")
     assert len(records) == 20 and Counter(r["answer"] for r in records) == {"yes": 10, "no": 10}
     assert [r["question_id"] for r in records] == list(range(20))
     for present, absent in zip(records[0::2], records[1::2]):
+        assert (present["answer"], absent["answer"]) == ("yes", "no")
         assert present["image"] == absent["image"] and present["image_source"] == absent["image_source"]
-        shapes = [r["question"].removeprefix("Is there a ").removesuffix(" in the image?") for r in (present, absent)]
-        assert shapes[0] != shapes[1] and set(shapes) <= set(SHAPES)
+        objects = [tuple(r["question"].removeprefix("Is there a ").removesuffix(" in the image?").split())
+                   for r in (present, absent)]
+        assert objects[0] != objects[1] and all(c in COLOURS and s in SHAPES for c, s in objects)
+        assert _has_colour(decode_image(present["image"]), objects[0][0])
 
 
 def test_colour_answers_are_drawn_in_the_image(data):
@@ -176,6 +179,30 @@ def test_lmms_eval_argv_defaults_and_conflicts():
     assert runner.lmms_eval_argv(["--model=llava_hf", "--output_path", "o"]) == ["--model=llava_hf", "--output_path", "o"]
     with pytest.raises(ValueError, match="--data-dir or --include_path, not both"):
         runner.lmms_eval_argv(["--include_path", "x"], "d")
+
+
+def test_run_lmms_eval_returns_the_new_results_file_or_fails(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "old_results.json").write_text("{}")
+    calls = []
+
+    def lmms_eval_writing(path):
+        def run(cmd, **kwargs):
+            calls.append(cmd)
+            if path is not None:
+                path.write_text("{}")
+            return subprocess.CompletedProcess(cmd, 0)
+        return run
+
+    monkeypatch.setattr(runner.subprocess, "run", lmms_eval_writing(out / "model" / "new_results.json"))
+    assert runner.run_lmms_eval(["--tasks", "x", "--output_path", str(out)]) == out / "model" / "new_results.json"
+    assert calls[0] == [sys.executable, "-m", "lmms_eval", "--tasks", "x", "--output_path", str(out)]
+    monkeypatch.setattr(runner.subprocess, "run", lmms_eval_writing(None))  # lmms-eval caught an error: exit 0, no file
+    with pytest.raises(runner.LmmsEvalError, match="exited with status 0 and wrote no results under"):
+        runner.run_lmms_eval(["--output_path", str(out)])
+    with pytest.raises(ValueError, match="needs --output_path"):
+        runner.run_lmms_eval(["--tasks", "x"])
 
 
 def test_cli_is_light_and_documents_its_flags():

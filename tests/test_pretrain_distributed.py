@@ -9,7 +9,10 @@ single process on all 8 samples. Everything is float64 so the comparison can be 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -98,18 +101,49 @@ def _worker(out_dir: Path) -> None:
             torch.save({"loss": loss_value, "grads": {k: v.detach().clone() for k, v in grads.items()}},
                        out_dir / f"{mode}.pt")
         dist.barrier()
+    _fsdp2_trainer_run(out_dir, rank)
     dist.destroy_process_group()
+
+
+def _fsdp2_trainer_run(out_dir: Path, rank: int) -> None:
+    """The trainer under FSDP2 on 2 ranks: stop after 2 steps (sharded state gathered into a
+    checkpoint), resume to 3 (full state re-sharded)."""
+    import torch.distributed as dist
+
+    from pretrain.config import config_from_dict
+    from pretrain.synthetic import write_webdataset
+    from pretrain.trainer import train
+
+    if rank == 0:
+        write_webdataset(out_dir / "data", 16, seed=0, shard_size=4)
+    dist.barrier()
+    cfg = {"model": {"name": "clips-tiny"}, "dist": {"strategy": "fsdp2"}, "stages": [{"steps": 3}],
+           "data": {"train": str(out_dir / "data"), "num_workers": 0, "shuffle_buffer": 4},
+           "train": {"out_dir": str(out_dir / "fsdp2-run"), "global_batch_size": 8, "precision": "fp32",
+                     "save_every": 2, "progress": False, "mfu_peak_tflops": 0, "tensorboard": False, "log_every": 1}}
+    first = train(config_from_dict({**cfg, "train": {**cfg["train"], "stop_after_steps": 2}}))
+    second = train(config_from_dict(cfg))
+    if rank == 0:
+        (out_dir / "fsdp2-trainer.json").write_text(json.dumps([first, second]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(Path(__file__).resolve()), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {m: torch.load(out / f"{m}.pt", weights_only=True) for m in MODES}
+    results = {m: torch.load(out / f"{m}.pt", weights_only=True) for m in MODES}
+    results["fsdp2-trainer"] = json.loads((out / "fsdp2-trainer.json").read_text())
+    return results
 
 
 @pytest.mark.distributed
@@ -121,6 +155,60 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(two_rank_results,
     assert set(got["grads"]) == set(ref_grads)
     for n, g in ref_grads.items():
         torch.testing.assert_close(got["grads"][n], g, rtol=1e-8, atol=1e-12, msg=f"{mode}: {n}")
+
+
+@pytest.mark.distributed
+def test_fsdp2_trainer_checkpoints_and_resumes_on_two_ranks(two_rank_results):
+    first, second = two_rank_results["fsdp2-trainer"]
+    assert first["steps"] == 2 and first["stopped_early"]
+    assert second["steps"] == 3 and second["resumed_from"].endswith("step_00000002")
+    model = clips_tower.load_model(Path(second["checkpoint"]) / "model")  # gathered full weights
+    assert model.visual.positional_embedding.shape == (17, 64) and model.logit_scale.ndim == 0
+
+
+_DEEPSPEED_RUN = """
+import json, sys
+from pretrain.config import config_from_dict
+from pretrain.trainer import train
+cfg = json.loads(sys.argv[1])
+first = train(config_from_dict({**cfg, "train": {**cfg["train"], "stop_after_steps": 2}}))
+second = train(config_from_dict(cfg))
+print(json.dumps([first, second]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_zero2_single_process_trains_and_resumes(tmp_path):
+    """DeepSpeed ZeRO-2 (CPU accelerator, one process): 2 steps with 2-step accumulation, a stop,
+    then a resume from DeepSpeed's own optimizer state to step 3."""
+    from pretrain.synthetic import write_webdataset
+
+    write_webdataset(tmp_path / "data", 24, seed=0, shard_size=12)
+    model_json = tmp_path / "tiny.json"
+    cfg_tiny = clips_tower.get_model_config("clips-tiny").to_dict()
+    cfg_tiny["captioner"]["num_queries"] = 16
+    model_json.write_text(json.dumps(cfg_tiny))
+    cfg = {"model": {"name": str(model_json)},
+           "data": {"train": str(tmp_path / "data"), "num_workers": 0, "shuffle_buffer": 8},
+           "dist": {"strategy": "deepspeed", "zero_stage": 2},
+           "stages": [{"steps": 3}],
+           "train": {"out_dir": str(tmp_path / "run"), "global_batch_size": 8, "micro_batch_size": 4,
+                     "precision": "fp32", "save_every": 2, "progress": False, "mfu_peak_tflops": 0,
+                     "tensorboard": False, "log_every": 1}}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _DEEPSPEED_RUN, json.dumps(cfg)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first, second = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["steps"] == 2 and first["stopped_early"]
+    assert second["steps"] == 3 and second["resumed_from"].endswith("step_00000002")
+    assert (Path(second["checkpoint"]) / "deepspeed").is_dir()
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in losses] == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in losses)
+    init = clips_tower.create_model(clips_tower.load_config(model_json))  # what the trainer starts from (seed 0)
+    trained = clips_tower.load_model(Path(second["checkpoint"]) / "model")
+    assert not torch.equal(init.visual.proj, trained.visual.proj)
 
 
 if __name__ == "__main__":

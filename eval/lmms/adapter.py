@@ -79,7 +79,8 @@ class GenerationSettings:
         until = kwargs.pop("until", ())
         until = (until,) if isinstance(until, str) else until
         if not isinstance(until, (list, tuple)) or not all(isinstance(u, str) and u for u in until):
-            raise ValueError(f"clips_llava: {where}: generation_kwargs 'until' must be a non-empty string or a list of them, got {until!r}")
+            raise ValueError(f"clips_llava: {where}: generation_kwargs 'until' must be a non-empty string or a list "
+                             f"of them, got {until!r}")
         settings = cls(**kwargs, until=tuple(until))
         if settings.sample and not settings.temperature > 0:
             raise ValueError(f"clips_llava: {where}: do_sample=true needs temperature > 0, got {settings.temperature}")
@@ -201,7 +202,9 @@ class ClipsLlava(lmms):
         self.chat_template = resolve_chat_template(chat_template, self._processor, pretrained)
         self.image_token = getattr(self._processor, "image_token", "<image>")
         tokenizer = self._processor.tokenizer
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if tokenizer.pad_token is None:  # batching pads; LLaVA pads Vicuna/Llama tokenizers with <unk>
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        self._pad_id = tokenizer.pad_token_id
         self.use_cache = bool(use_cache)
         self.pretrained = pretrained
         self._logged_tasks: set[str] = set()
@@ -384,16 +387,18 @@ class ClipsLlava(lmms):
 
     def _continuation_scores(self, prompts: list[str], continuations: list[str],
                              images: list[list[Image.Image]]) -> list[tuple[float, bool]]:
-        """One forward pass over ``prompt + continuation`` (right padding) for the whole batch."""
-        full = self._encode([p + c for p, c in zip(prompts, continuations)], [im for ims in images for im in ims], "right")
+        """One forward pass over ``prompt + continuation`` (right padding) for the whole batch; the
+        prompts alone are tokenised too, to find where each continuation starts."""
+        flat = [im for ims in images for im in ims]
+        full = self._encode([p + c for p, c in zip(prompts, continuations)], flat, "right")
+        context = self._encode(prompts, flat, "right")
         with torch.inference_mode():
             logits = self._model(**full).logits
         scores = []
-        for row, (prompt, continuation, ims) in enumerate(zip(prompts, continuations, images)):
-            context_ids = self._encode([prompt], ims, "right")["input_ids"][0]
-            n_ctx, n_all = len(context_ids), int(full["attention_mask"][row].sum())
+        for row, (prompt, continuation) in enumerate(zip(prompts, continuations)):
+            n_ctx, n_all = int(context["attention_mask"][row].sum()), int(full["attention_mask"][row].sum())
             ids = full["input_ids"][row, :n_all]
-            if n_all <= n_ctx or not torch.equal(ids[:n_ctx], context_ids):
+            if n_all <= n_ctx or not torch.equal(ids[:n_ctx], context["input_ids"][row, :n_ctx]):
                 raise ValueError(f"clips_llava: the continuation {continuation!r} does not tokenise as an extension "
                                  f"of the prompt ending {prompt[-40:]!r}")
             targets = ids[n_ctx:]

@@ -39,7 +39,8 @@ def _cmd_lmms_data(args: argparse.Namespace) -> int:
     from .runner import install_tasks
     from .taskdata import write_task_data
 
-    files = write_task_data(args.out, num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size)
+    files = write_task_data(args.out, num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
+                            max_objects=args.max_objects)
     tasks = install_tasks(args.out)
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     print(f"tasks {', '.join(tasks)}: python -m lmms_eval --include_path {args.out} --tasks {','.join(tasks)} ...")
@@ -57,4 +58,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-scenes", type=int, default=100, help="scenes (images); records: POPE 2, GQA 1, MMBench 4 per scene")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--max-objects", type=int, default=2, help="each scene has 1..MAX_OBJECTS shapes (at most 4)")
     p.set_defaults(func=_cmd_lmms_data)

@@ -1,8 +1,8 @@
 """Synthetic data for the local lmms-eval tasks: scenes of coloured shapes with questions in the
 shapes of three real benchmarks.
 
-- ``clips_pope.jsonl`` (POPE): ``"Is there a {shape} in the image?"`` -> ``yes``/``no``, one
-  present and one absent shape per scene (POPE's "random" negative sampling, 50% yes).
+- ``clips_pope.jsonl`` (POPE): ``"Is there a {colour} {shape} in the image?"`` -> ``yes``/``no``,
+  one present and one absent object per scene (POPE's "random" negative sampling, 50% yes).
 - ``clips_gqa.jsonl`` (GQA): ``"What colour is the {shape}?"`` -> colour, or
   ``"Which shape is {colour}?"`` -> shape; short answers scored by exact match.
 - ``clips_mmbench.jsonl`` (MMBench): the same two question kinds with options ``A``-``D`` and the
@@ -120,14 +120,17 @@ def _colour_or_shape_question(rng: random.Random, objects: Sequence[SceneObject]
 
 
 def pope_records(scenes: Sequence[tuple[SceneObject, ...]], images: Sequence[str], rng: random.Random) -> list[dict]:
-    """Two POPE records per scene: a present shape (``yes``) and an absent one (``no``)."""
+    """Two POPE records per scene: a present object (``yes``) and an absent one (``no``). An object
+    is a coloured shape ("red circle"); the absent one is a random combination not in the scene
+    (POPE's "random" negative sampling)."""
     records = []
     for i, (objects, image) in enumerate(zip(scenes, images)):
-        present = rng.choice(objects).shape
-        absent = rng.choice([s for s in SHAPES if s not in {o.shape for o in objects}])
-        for shape, answer in ((present, "yes"), (absent, "no")):
+        present = rng.choice(objects)
+        shown = {(o.colour, o.shape) for o in objects}
+        absent = rng.choice([(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in shown])
+        for (colour, shape), answer in (((present.colour, present.shape), "yes"), (absent, "no")):
             records.append({"question_id": len(records), "image_source": f"scene-{i:05d}",
-                            "question": f"Is there a {shape} in the image?", "answer": answer,
+                            "question": f"Is there a {colour} {shape} in the image?", "answer": answer,
                             "category": "random", "image": image})
     return records
 
@@ -156,7 +159,8 @@ def mmbench_records(scenes: Sequence[tuple[SceneObject, ...]], images: Sequence[
             records.append({
                 "index": group + k * CIRCULAR_STRIDE, "question": question, "hint": "",
                 **dict(zip(OPTION_LETTERS, rotated)), "answer": OPTION_LETTERS[rotated.index(answer)],
-                "category": f"{kind}_recognition", "L2-category": "attribute_perception" if kind == "colour" else "object_perception",
+                "category": f"{kind}_recognition",
+                "L2-category": "attribute_perception" if kind == "colour" else "object_perception",
                 "source": "clips-synthetic", "split": "dev", "image": image,
             })
     return records
@@ -180,8 +184,8 @@ def write_task_data(out_dir: str | Path, num_scenes: int = 100, seed: int = 0, i
     """
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
-    if not 1 <= max_objects <= len(SHAPES) - 1:  # POPE needs a shape absent from every scene
-        raise ValueError(f"max_objects must be in 1..{len(SHAPES) - 1}, got {max_objects}")
+    if not 1 <= max_objects <= len(SHAPES):
+        raise ValueError(f"max_objects must be in 1..{len(SHAPES)}, got {max_objects}")
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     scenes = [random_scene(rng, max_objects) for _ in range(num_scenes)]

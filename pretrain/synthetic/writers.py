@@ -101,8 +101,9 @@ def write_parquet(path: str | Path, n: int, seed: int = 0, image_size: int = 64,
 
 def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size: int = 64,
                           captions_per_image: int = 5) -> Path:
-    """A Karpathy-style eval split: ``images/*.jpg`` + ``dataset.json``
-    (``{"images": [{"filename", "split": "test", "sentences": [{"raw": ...}] x5}]}``); returns the JSON path."""
+    """A Karpathy-style eval split: ``images/*.jpg`` + ``dataset.json`` (``{"images": [{"filepath":
+    "images", "filename", "split": "test", "sentences": [{"raw": ...}] x5}]}``, COCO's layout:
+    images at ``<json folder>/filepath/filename``); returns the JSON path."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     entries = []
@@ -112,7 +113,7 @@ def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size
         name = f"{s.key}.jpg"
         with atomic_path(out_dir / "images" / name) as tmp:
             tmp.write_bytes(encode_image(s.image))
-        entries.append({"filename": name, "split": "test", "imgid": i,
+        entries.append({"filepath": "images", "filename": name, "split": "test", "imgid": i,
                         "sentences": [{"raw": c} for c in reference_captions(s.scene, rng, captions_per_image)]})
     atomic_write_json(out_dir / "dataset.json", {"images": entries})
     return out_dir / "dataset.json"
