@@ -321,6 +321,9 @@ def _validate(cfg: PretrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
     if cfg.loss.max_logit_scale <= 0:
         raise ConfigError(f"{source}: loss.max_logit_scale must be > 0")
+    if cfg.dist.strategy == "deepspeed" and cfg.train.precision == "fp16":
+        # The DeepSpeed engine keeps torch autocast but has no loss scaler: fp16 would underflow.
+        raise ConfigError(f"{source}: train.precision fp16 is not supported with dist.strategy deepspeed; use bf16")
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> PretrainConfig:

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 import clips_tower
 from pretrain.checkpointing import list_checkpoints, load_trainer_state
 from pretrain.config import config_from_dict
-from pretrain.synthetic import generate_sample, write_retrieval_split, write_webdataset
+from pretrain.data.shards import ShardWriter, json_bytes
+from pretrain.synthetic import encode_image, generate_sample, write_retrieval_split, write_webdataset
 from pretrain.trainer import train
 
 TINY = {
@@ -36,7 +37,7 @@ TINY = {
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cfg(root: Path, shards: Path, **sections) -> dict:
+def _cfg(root: Path, shards: Path | str, **sections) -> dict:
     model_json = root / "tiny-test.json"
     model_json.write_text(json.dumps(TINY))
     cfg = {
@@ -121,6 +122,7 @@ def test_tiny_run_logs_eval_checkpoints_and_summary(tiny_run):
     for key in ("lr", "logit_scale", "samples_per_s", "mfu", "grad_norm", "data_wait", "epoch"):
         assert all(key in m for m in train_logs), key
     assert 0 < train_logs[-1]["mfu"] < 1 and train_logs[-1]["epoch"] >= 20  # 3840 samples of 128
+    assert train_logs[-1]["epochs_seen"] == pytest.approx(30.0)  # sizes.json: 128 samples
     assert train_logs[-1]["lr"] == pytest.approx(1e-3)
     # Periodic zero-shot retrieval (eval package) at steps 60 and 120, in percent, above chance (1/32).
     evals = [m for m in logs if "val/i2t_R@1" in m]
@@ -137,7 +139,7 @@ def test_tiny_run_logs_eval_checkpoints_and_summary(tiny_run):
 
 
 # ------------------------------------------------------------------ kill and resume
-def _resume_cfg(root: Path, data: Path, out: str) -> dict:
+def _resume_cfg(root: Path, data: str, out: str) -> dict:
     """Two stages (32 px, then 48 px with interpolated positions), checkpoints every 3 steps."""
     return _cfg(root, data,
                 data={"num_workers": 2, "augment": {"enabled": True, "hue": 0.0}},
@@ -156,8 +158,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     each worker, RNG) and both runs use one thread (same reduction order); the run crosses a stage
     boundary (re-built at 48 px) and uses 3-step gradient accumulation with 2 data workers (so the
     checkpoint falls between the two workers' turns)."""
-    data = tmp_path / "data"
-    write_webdataset(data, 40, seed=1, shard_size=10)
+    write_webdataset(tmp_path / "good", 40, seed=1, shard_size=10)
+    with ShardWriter(tmp_path / "bad", shard_size=10) as w:  # bad samples in their own shard
+        w.write("broken_jpeg", {"jpg": b"not an image", "json": json_bytes({"org_caption": "a", "re_caption": "B."})})
+        w.write("no_sentence", {"jpg": encode_image(generate_sample(0).image),
+                                "json": json_bytes({"org_caption": "a", "re_caption": " ... "})})
+    data = f"{tmp_path / 'good'}::{tmp_path / 'bad' / '00000.tar'}"
     ref = config_from_dict(_resume_cfg(tmp_path, data, str(tmp_path / "ref")))
     ref_summary = train(ref)
 
@@ -184,5 +190,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # The logs of the killed run past its checkpoint were replaced by the resumed run's.
-    steps = [m["step"] for m in _metrics(tmp_path / "killed") if "loss" in m]
-    assert steps == list(range(1, 10))
+    logs = [m for m in _metrics(tmp_path / "killed") if "loss" in m]
+    assert [m["step"] for m in logs] == list(range(1, 10))
+    # Skipped samples are counted by reason, carried through the checkpoint, and summed in the summary.
+    assert set(ref_summary["bad_samples"]) == {"undecodable_image", "no_sentence"}
+    assert summary["bad_samples"] == ref_summary["bad_samples"]
+    assert logs[-1]["bad/undecodable_image"] == ref_summary["bad_samples"]["undecodable_image"]
