@@ -1,0 +1,133 @@
+"""Per-sample work done in the data-loader workers: decode, check, augment, sample captions, batch.
+
+:class:`SampleProcessor` turns a :class:`~.sources.RawRecord` into a :class:`Sample` (image tensor +
+word pieces per text name + target pieces) or raises :class:`~.errors.BadSample`;
+:func:`collate` packs samples into a training batch. All randomness of a sample comes from
+``sample_rng(seed, epoch, key)``, so a sample looks the same whichever worker or position it lands on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from ..recipes import Captions, Recipe
+from ..sampling import NoSentenceError, sample_rng
+from .errors import BadSample
+from .sources import RawRecord, read_image_bytes
+
+TEXT_STREAM, IMAGE_STREAM = 0, 1
+
+
+@dataclass
+class Sample:
+    """A decoded training sample: ``image`` [3,H,W], word pieces per text name, target pieces."""
+
+    key: str
+    image: torch.Tensor
+    texts: dict[str, list[int]]
+    target: list[int] | None
+
+
+def _caption(meta: dict, field: str, key: str, max_chars: int | None = None) -> str:
+    value = meta.get(field)
+    if not isinstance(value, str):
+        raise BadSample("missing_caption", key, f"{field!r} is {type(value).__name__}")
+    if not value.strip():
+        raise BadSample("empty_caption", key, field)
+    if max_chars and len(value) > max_chars:
+        raise BadSample("caption_too_long", key, f"{field!r} has {len(value)} characters > {max_chars}")
+    return value
+
+
+def parse_meta(record: RawRecord) -> dict:
+    """The record's caption metadata as a dict (JSON bytes are parsed; raises :class:`BadSample`)."""
+    meta = record.meta
+    if meta is None:
+        raise BadSample("missing_caption", record.key, "no caption metadata")
+    if isinstance(meta, (bytes, bytearray)):
+        try:
+            meta = json.loads(bytes(meta).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadSample("not_utf8", record.key) from None
+        except json.JSONDecodeError as e:
+            raise BadSample("bad_metadata", record.key, str(e)) from None
+    if not isinstance(meta, dict):
+        raise BadSample("bad_metadata", record.key, f"metadata is {type(meta).__name__}, not an object")
+    return meta
+
+
+def decode_image(data: bytes, key: str) -> Image.Image:
+    """Decode image bytes fully (truncated files fail here, not later); raises :class:`BadSample`.
+
+    The pixel count is checked from the header, before any pixel is decoded, against PIL's
+    ``Image.MAX_IMAGE_PIXELS`` (raise it there for datasets of huge images): PIL itself only warns
+    between one and two times that limit and would allocate the whole image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and similar warnings are not errors here
+            img = Image.open(io.BytesIO(data))
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise BadSample("image_too_large", key, f"{img.width}x{img.height} pixels > {limit}")
+            img.load()
+        return img
+    except Image.DecompressionBombError as e:  # PIL's own check (over twice the limit) fires in open()
+        raise BadSample("image_too_large", key, str(e)) from None
+    except BadSample:
+        raise
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
+        raise BadSample("undecodable_image", key, f"{type(e).__name__}: {e}") from None
+
+
+class SampleProcessor:
+    """RawRecord -> :class:`Sample` for one recipe.
+
+    Args:
+        recipe: the configured :class:`~pretrain.recipes.Recipe`.
+        tokenizer: a :class:`~clips_tower.tokenizer.CLIPSTokenizer`.
+        transform: ``(PIL image, numpy Generator) -> [3,H,W]`` (the seeded training augmentation).
+        seed: the run seed; with the epoch and the key it seeds the sample's randomness.
+        web_key / synthetic_key: caption field names (Recap-DataComp-1B: ``org_caption``/``re_caption``).
+        max_caption_chars: longer captions are skipped as ``caption_too_long`` (None: no limit).
+    """
+
+    def __init__(self, recipe: Recipe, tokenizer, transform: Callable, seed: int, web_key: str = "org_caption",
+                 synthetic_key: str = "re_caption", max_caption_chars: int | None = None) -> None:
+        self.recipe, self.tokenizer, self.transform, self.seed = recipe, tokenizer, transform, seed
+        self.web_key, self.synthetic_key, self.max_caption_chars = web_key, synthetic_key, max_caption_chars
+
+    def __call__(self, record: RawRecord, epoch: int) -> Sample:
+        """Decode and sample one record (raises :class:`BadSample`)."""
+        key = record.key
+        meta = parse_meta(record)
+        needs = self.recipe.needs
+        captions = Captions(
+            web=_caption(meta, self.web_key, key, self.max_caption_chars) if "web" in needs else None,
+            synthetic=_caption(meta, self.synthetic_key, key, self.max_caption_chars) if "synthetic" in needs else None,
+        )
+        try:
+            sampled = self.recipe(captions, self.tokenizer, sample_rng(self.seed, epoch, key, TEXT_STREAM))
+        except NoSentenceError as e:
+            raise BadSample("no_sentence", key, str(e)) from None
+        img = decode_image(read_image_bytes(record), key)
+        pixels = self.transform(img, sample_rng(self.seed, epoch, key, IMAGE_STREAM))
+        return Sample(key, pixels, sampled.texts, sampled.target)
+
+
+def collate(samples: list[Sample], tokenizer) -> dict:
+    """Samples -> ``{"images": [B,3,H,W], "texts": {name: [B,80]}, "targets": [B,128] | None, "keys": [B]}``."""
+    names = list(samples[0].texts)
+    return {
+        "images": torch.stack([s.image for s in samples]),
+        "texts": {n: tokenizer.pack([s.texts[n] for s in samples]) for n in names},
+        "targets": tokenizer.pack_targets([s.target for s in samples]) if samples[0].target is not None else None,
+        "keys": [s.key for s in samples],
+    }
