@@ -18,6 +18,7 @@ from . import open_clip_format as ocf
 from .config import CLIPSConfig, load_config
 from .io import atomic_dir, atomic_save_safetensors, atomic_write_json
 from .model import CLIPS
+from .tokenizer import check_tokenizer_fits
 from .vision import resize_pos_embed
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ def save_model(model: CLIPS, out_dir: str | Path, format: str = "clips", tokeniz
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if tokenizer is not None and format == "clips":  # a folder whose tokenizer cannot feed its model is unusable
+        check_tokenizer_fits(tokenizer, model.config, f"tokenizer {tokenizer.source}")
     sd = model.state_dict()
     with atomic_dir(out_dir) as tmp:
         if format == "clips":

@@ -351,3 +351,21 @@ def _check_open_clip_tokenizer(folder: Path) -> None:
     name = ((cfg.get("model_cfg") or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
     if name and "bert-base-uncased" not in name:
         logger.warning("%s names tokenizer %r; CLIPS uses bert-base-uncased", cfg_path, name)
+
+
+def check_tokenizer_fits(tokenizer: CLIPSTokenizer, config, source: str = "tokenizer") -> None:
+    """Raise ``ValueError`` when ``tokenizer`` cannot feed a model of ``config`` (a
+    :class:`~clips_tower.config.CLIPSConfig`): more token ids than the text embedding table, encoder
+    rows of another length than the text context, or (with a captioner) targets of another length
+    than its queries. ``source`` names the tokenizer (its folder or file) in the message."""
+    problems = []
+    if tokenizer.vocab_size > config.text.vocab_size:
+        problems.append(f"vocab size {tokenizer.vocab_size} > model text.vocab_size {config.text.vocab_size}")
+    if tokenizer.context_length != config.text.context_length:
+        problems.append(f"context_length {tokenizer.context_length} != model text.context_length "
+                        f"{config.text.context_length}")
+    if config.captioner is not None and tokenizer.target_length != config.captioner.num_queries:
+        problems.append(f"target_length {tokenizer.target_length} != model captioner.num_queries "
+                        f"{config.captioner.num_queries}")
+    if problems:
+        raise ValueError(f"{source} does not match model {config.name!r}: " + "; ".join(problems))

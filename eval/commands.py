@@ -65,7 +65,9 @@ def load_eval_model(spec: str, tokenizer: str | None = None, device: str = "cpu"
     else:
         model = clips_tower.load_model(spec, device=device)
         own_tokenizer = Path(spec) if Path(spec).is_dir() else Path(spec).parent
-    return model.eval(), clips_tower.load_tokenizer(tokenizer or own_tokenizer)
+    tok = clips_tower.load_tokenizer(tokenizer or own_tokenizer)
+    clips_tower.tokenizer.check_tokenizer_fits(tok, model.config, f"tokenizer {tokenizer or own_tokenizer or tok.source}")
+    return model.eval(), tok
 
 
 def _each_model(opts: EvalOptions) -> Iterator[tuple[str, torch.nn.Module, object]]:

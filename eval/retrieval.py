@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -216,17 +216,9 @@ def evaluate_retrieval(
     model: torch.nn.Module,
     tokenizer: Callable[[Sequence[str]], torch.Tensor],
     dataset: RetrievalDataset,
-    *,
-    transform: Callable | None = None,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = True,
-    skip_bad: bool = False,
-    num_workers: int = 0,
-    chunk_size: int | None = None,
+    **options: Any,
 ) -> dict[str, float]:
-    """Zero-shot retrieval of a CLIPS model on ``dataset``.
+    """Zero-shot retrieval of a CLIPS model on ``dataset``; ``options`` are :func:`run_retrieval`'s.
 
     ``transform`` defaults to the model's eval transform; ``autocast_dtype`` (e.g. torch.bfloat16)
     runs the towers under autocast. Images that fail to decode raise :class:`BadEntriesError`
@@ -235,7 +227,5 @@ def evaluate_retrieval(
     ``num_captions`` and ``skipped`` (bad entries dropped at load and while decoding). The
     model's train/eval mode is restored afterwards.
     """
-    return run_retrieval(model, tokenizer, dataset, transform=transform, batch_size=batch_size, device=device,
-                         autocast_dtype=autocast_dtype, progress=progress, skip_bad=skip_bad,
-                         num_workers=num_workers, chunk_size=chunk_size).metrics
+    return run_retrieval(model, tokenizer, dataset, **options).metrics
 

@@ -12,11 +12,13 @@ A checkpoint folder holds
 
 Everything is written into ``.step_<n>.tmp`` and renamed once complete (all ranks write their
 parts there first), so a killed run never leaves a half checkpoint under a final name; older
-checkpoints beyond ``keep_last`` are then deleted.
+checkpoints beyond ``keep_last`` are then deleted. Re-saving an existing step moves the old folder
+to ``.step_<n>.old`` until the new one is in place (``resume: auto`` puts it back after a crash).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from clips_tower.checkpoint import model_from_state_dict, save_model
+from clips_tower.checkpoint import CheckpointError, model_from_state_dict, save_model
 from clips_tower.io import atomic_write_text
 
 from .distributed import barrier
@@ -50,12 +52,24 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _restore_moved_aside(out_dir: str | Path) -> None:
+    """Put back a complete ``.step_<n>.old`` whose replacement never got its final name (a crash
+    while re-saving step n; see :func:`save_checkpoint`)."""
+    root = Path(out_dir) / CHECKPOINTS
+    for old in root.glob(".step_*.old") if root.is_dir() else []:
+        final = root / old.name[1:].removesuffix(".old")
+        if _STEP_DIR.match(final.name) and not final.exists() and (old / STATE_FILE).is_file():
+            with contextlib.suppress(FileNotFoundError):  # another rank put it back first
+                os.replace(old, final)
+
+
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     """The checkpoint to resume from: ``auto`` = latest in ``out_dir`` (None if none), ``none``,
     or an explicit checkpoint folder."""
     if resume == "none":
         return None
     if resume == "auto":
+        _restore_moved_aside(out_dir)
         found = list_checkpoints(out_dir)
         return found[-1][1] if found else None
     path = Path(resume)
@@ -96,9 +110,12 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         atomic_write_text(tmp / "config.yaml", config_yaml)
-        if folder.exists():  # re-saving the same step (e.g. the end of a resumed run)
-            shutil.rmtree(folder)
+        old = folder.parent / f".{folder.name}.old"
+        if folder.exists():  # re-saving a step: move the old copy aside, never delete it before the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
     barrier()
 
 
@@ -112,5 +129,10 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int, keep: tuple[Path, ...
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:
-    """``trainer_state.pt`` of a checkpoint (safe unpickling: tensors and plain containers only)."""
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    """``trainer_state.pt`` of a checkpoint (safe unpickling: tensors and plain containers only;
+    anything else, e.g. a pickle that would run code, is a :class:`CheckpointError` naming the file)."""
+    path = folder / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors come in many types; report the file either way
+        raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {str(e)[:300]})") from None

@@ -65,7 +65,9 @@ class AugmentSection:
 class DataSection:
     """Training data. ``train``: shard spec (see :mod:`pretrain.data.sources`); ``format``: wds,
     parquet or jsonl (None: from the file names); caption fields ``web_key``/``synthetic_key``;
-    ``num_samples``: dataset size for epoch logging (None: sizes.json / parquet footers / lines)."""
+    ``num_samples``: dataset size for epoch logging (None: sizes.json / parquet footers / lines);
+    ``max_caption_chars``: samples with a longer caption are skipped as ``caption_too_long`` (None:
+    no limit; tokenizing a runaway caption of 100k+ characters would stall its data worker)."""
 
     train: str = ""
     format: str | None = None
@@ -76,6 +78,7 @@ class DataSection:
     image_column: str = "image"
     key_column: str = "key"
     num_samples: int | None = None
+    max_caption_chars: int | None = 10000
     resampled: bool = False
     shuffle_buffer: int = 1000
     num_workers: int = 2
@@ -145,7 +148,9 @@ class TrainSection:
     (``micro_batch_size`` None: no accumulation). ``resume``: ``auto`` (latest checkpoint in
     ``out_dir`` if any), ``none`` or a checkpoint path. ``stop_after_steps`` ends this process
     after that global step (an orderly preemption). ``mfu_peak_tflops``: None measures a matmul
-    roofline at start, 0 turns MFU off."""
+    roofline at start, 0 turns MFU off. ``max_nonfinite_skips``: a step whose loss or gradient is
+    NaN/Inf is skipped (no update) this many times over the run; the next one stops the run with
+    an error naming the step and the loss term (0: stop at the first)."""
 
     out_dir: str = "runs/clips"
     seed: int = 0
@@ -162,6 +167,7 @@ class TrainSection:
     tensorboard: bool = True
     torch_threads: int | None = None
     mfu_peak_tflops: float | None = None
+    max_nonfinite_skips: int = 5
     device: str | None = None
 
 
@@ -169,13 +175,14 @@ class TrainSection:
 class DistSection:
     """``strategy``: ``ddp`` (plain on one process), ``fsdp2`` or ``deepspeed`` (ZeRO
     ``zero_stage``, extra JSON in ``deepspeed_config`` merged over the generated one);
-    ``backend`` None: nccl on GPU, gloo on CPU."""
+    ``backend`` None: nccl on GPU, gloo on CPU. ``timeout_minutes``: how long a collective waits
+    for a rank that is gone or stuck before the job fails (instead of hanging)."""
 
     strategy: str = "ddp"
     backend: str | None = None
     zero_stage: int = 2
     deepspeed_config: str | None = None
-    timeout_minutes: int = 30
+    timeout_minutes: float = 30.0
 
 
 @dataclass
@@ -316,9 +323,15 @@ def _validate(cfg: PretrainConfig, source: str) -> None:
     positive = {"train.global_batch_size": cfg.train.global_batch_size, "train.log_every": cfg.train.log_every,
                 "train.save_every": cfg.train.save_every, "train.keep_last": cfg.train.keep_last,
                 "recipe.tokens": cfg.recipe.tokens, "data.shuffle_buffer": cfg.data.shuffle_buffer}
+    if cfg.data.max_caption_chars is not None:
+        positive["data.max_caption_chars"] = cfg.data.max_caption_chars
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
+    if cfg.train.max_nonfinite_skips < 0:
+        raise ConfigError(f"{source}: train.max_nonfinite_skips must be >= 0, got {cfg.train.max_nonfinite_skips}")
+    if cfg.dist.timeout_minutes <= 0:
+        raise ConfigError(f"{source}: dist.timeout_minutes must be > 0, got {cfg.dist.timeout_minutes}")
     if cfg.loss.max_logit_scale <= 0:
         raise ConfigError(f"{source}: loss.max_logit_scale must be > 0")
     if cfg.dist.strategy == "deepspeed" and cfg.train.precision == "fp16":

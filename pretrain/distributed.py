@@ -31,7 +31,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None, backend: str | None = None, timeout_minutes: int = 30,
+def init_distributed(device: str | None = None, backend: str | None = None, timeout_minutes: float = 30.0,
                      force_group: bool = False) -> DistInfo:
     """Join the torchrun process group (or make a one-process group when ``force_group``).
 

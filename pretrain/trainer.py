@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +23,22 @@ from pathlib import Path
 import torch
 
 import clips_tower
+from clips_tower.checkpoint import WEIGHTS_FILE, check_state_dict, resolve_checkpoint
 from clips_tower.flops import model_flops
 from clips_tower.io import atomic_write_json, atomic_write_text
-from clips_tower.tokenizer import PAD_ID
+from clips_tower.tokenizer import PAD_ID, check_tokenizer_fits
 
 from . import distributed as D
-from .checkpointing import list_checkpoints, load_trainer_state, prune_checkpoints, resolve_resume, save_checkpoint, step_dir
+from .checkpointing import MODEL_DIR, list_checkpoints, load_trainer_state, prune_checkpoints, resolve_resume, save_checkpoint, step_dir
 from .config import PretrainConfig
 from .data.decode import SampleProcessor
 from .data.errors import add_counts
 from .data.sources import SourceOptions, open_source
 from .data.stream import StreamConfig, TrainStream, make_loader
-from .engines import ENGINES, autocast
+from .engines import ENGINES, TorchEngine, autocast
 from .losses import CLIPSLoss
 from .metrics import RunLogger, matmul_tflops
+from .nonfinite import GRADIENT, NonFiniteError, NonFiniteStep, agreed_nonfinite, first_nonfinite_parameter, flag_nonfinite
 from .objective import CLIPSObjective, FeatureBank
 from .optim import stage_lr_factors
 from .recipes import PREFIX_TEXT, build_recipe
@@ -47,13 +50,15 @@ SUMMARY_FILE = "summary.json"
 @dataclass
 class RunState:
     """What a resumed run needs besides weights and optimizer: this rank's data position
-    (``cursors`` per logical worker, ``next_worker``) and skipped-sample counts."""
+    (``cursors`` per logical worker, ``next_worker``), skipped-sample counts and the number of
+    steps skipped for NaN/Inf so far."""
 
     step: int = 0
     cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
     next_worker: int = 0
     bad: Counter = field(default_factory=Counter)
     epoch: int = 0
+    nonfinite_skips: int = 0
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Trainer:
         self.tokenizer = clips_tower.load_tokenizer(
             context_length=self.base_config.text.context_length,
             target_length=self.base_config.captioner.num_queries if self.base_config.captioner else None)
+        check_tokenizer_fits(self.tokenizer, self.base_config, f"tokenizer {self.tokenizer.source}")
         self.lr_factor = stage_lr_factors(cfg.stages, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule,
                                           cfg.optim.min_lr_ratio)
         bounds, start = [], 0
@@ -146,12 +152,15 @@ class Trainer:
         model = clips_tower.create_model(self.base_config, image_size=image_size, captioner=use_cap)
         init = self.cfg.model.init_from
         if init:
-            src = clips_tower.load_model(init, image_size=image_size, captioner=use_cap)
-            result = model.load_state_dict(src.state_dict(), strict=False)
-            stray = [k for k in result.missing_keys if not k.startswith("captioner.")] + list(result.unexpected_keys)
-            if stray:
-                raise ValueError(f"model.init_from={init}: does not fit {self.base_config.name}: {stray[:10]}")
-            log.info("initialised from %s%s", init, " (fresh captioner)" if result.missing_keys else "")
+            src = clips_tower.load_model(init, image_size=image_size, captioner=use_cap).state_dict()
+            expected = {k: v.shape for k, v in model.state_dict().items()}
+            fresh_captioner = not any(k.startswith("captioner.") for k in src)  # e.g. open_clip weights
+            if fresh_captioner:
+                expected = {k: v for k, v in expected.items() if not k.startswith("captioner.")}
+            check_state_dict(src, expected, f"model.init_from={init} ({resolve_checkpoint(init)[2]}) for model "
+                                            f"{self.base_config.name!r}")
+            model.load_state_dict(src, strict=False)
+            log.info("initialised from %s%s", init, " (fresh captioner)" if fresh_captioner else "")
         return model
 
     def processor(self, image_size: int) -> SampleProcessor:
@@ -165,7 +174,8 @@ class Trainer:
                                                     saturation=a.saturation, hue=a.hue, p_gray=a.p_gray)
         else:
             transform = _Unaugmented(clips_tower.image_transform(mcfg, train=False))
-        return SampleProcessor(self.recipe, self.tokenizer, transform, self.cfg.train.seed, d.web_key, d.synthetic_key)
+        return SampleProcessor(self.recipe, self.tokenizer, transform, self.cfg.train.seed, d.web_key, d.synthetic_key,
+                               d.max_caption_chars)
 
     def _loader(self, image_size: int, micro: int, state: RunState):
         cfg, d = self.cfg, self.cfg.data
@@ -240,6 +250,7 @@ class Trainer:
                                {n: torch.cat([f[1][n] for f in feats]) for n in feats[0][1]}, feats[0][0].shape[0])
         lr = eng.lr
         logged: dict[str, torch.Tensor] = {}
+        flags: dict[str, torch.Tensor] = {}  # loss term -> NaN/Inf seen in any micro-batch (kept on device)
         for j, m in enumerate(mbs):
             last = j == len(mbs) - 1
             with eng.sync(last):
@@ -247,11 +258,23 @@ class Trainer:
                     terms = eng.module(m["images"], m["texts"], m["targets"], bank=bank, micro=j, live_scale=last,
                                        caption_norm=caption_norm)
                 eng.backward(terms["loss"])
+            flag_nonfinite(flags, terms)
             for k, v in terms.items():
                 if k == "caption":  # per micro-batch share of the global mean: add up
                     logged[k] = logged.get(k, 0) + v.detach()
                 elif k != "loss":  # contrastive terms cover the whole bank: the last one is the step's
                     logged[k] = v.detach()
+        skippable = isinstance(eng, TorchEngine)  # DeepSpeed applies the update inside backward()
+        # Under fp16 the GradScaler finds inf gradients itself (and lowers its scale): not a fault.
+        grads = [p.grad for p in eng.params if p.grad is not None] if skippable and prec != "fp16" else None
+        bad = agreed_nonfinite(flags, grads, dev)
+        if bad:
+            if skippable:
+                eng.optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # torch warns when the very first step is the skipped one
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    eng.scheduler.step()  # the schedule follows the step counter, skipped steps included
+            raise NonFiniteStep(bad, skipped=skippable)
         grad_norm = eng.step()
         names = sorted(logged)
         values = D.all_reduce_sum(torch.stack([logged[k].float().reshape(()) for k in names])) / self.dist.world
@@ -262,13 +285,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and eval
     def save(self, s: Session, state: RunState) -> Path:
-        """Checkpoint after ``state.step`` (collective)."""
+        """Checkpoint after ``state.step`` (collective). Raises :class:`NonFiniteError` instead of
+        writing weights that hold NaN/Inf."""
         folder = step_dir(self.out, state.step)
+        bad = first_nonfinite_parameter(s.objective.named_parameters(), self.dist.device)
+        if bad is not None:
+            raise NonFiniteError(f"step {state.step}: parameter {bad!r} holds NaN/Inf; not writing checkpoint "
+                                 f"{folder}; {self._last_checkpoint()}")
         everyone = D.all_gather_objects({"cursors": state.cursors, "next_worker": state.next_worker,
                                          "bad": dict(state.bad)})
         trainer_state = {
             "step": state.step, "image_size": s.image_size, "world": self.dist.world,
             "num_workers": self.cfg.data.num_workers, "ranks": everyone, "epoch": state.epoch,
+            "nonfinite_skips": state.nonfinite_skips,
             "rng": {"torch": torch.get_rng_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.dist.device)} if self.dist.device.type == "cuda" else {})},
             **s.engine.state_dict(),
@@ -284,7 +313,8 @@ class Trainer:
     def restore_state(self, ckpt_state: dict) -> RunState:
         """This rank's :class:`RunState` from a checkpoint (data position only when the worker
         layout is unchanged; otherwise the stream restarts at the next epoch)."""
-        state = RunState(step=ckpt_state["step"], epoch=ckpt_state.get("epoch", 0))
+        state = RunState(step=ckpt_state["step"], epoch=ckpt_state.get("epoch", 0),
+                         nonfinite_skips=ckpt_state.get("nonfinite_skips", 0))
         ranks = ckpt_state["ranks"]
         mine = ranks[self.dist.rank] if self.dist.rank < len(ranks) else {}
         add_counts(state.bad, mine.get("bad", {}))
@@ -301,6 +331,41 @@ class Trainer:
         if "cuda" in ckpt_state["rng"] and self.dist.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt_state["rng"]["cuda"], self.dist.device)
         return state
+
+    def check_checkpoint_fits(self, ckpt: Path, image_size: int) -> None:
+        """Raise :class:`~clips_tower.checkpoint.CheckpointError` (naming every key, the file and both
+        shapes) when checkpoint ``ckpt`` holds another model than this config's, at ``image_size``;
+        only the weights file's header is read, before anything is built."""
+        from safetensors import safe_open
+
+        weights = ckpt / MODEL_DIR / WEIGHTS_FILE
+        cfg = self.base_config.with_image_size(image_size)
+        if not self.recipe.captioner:
+            cfg = cfg.without_captioner()
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in clips_tower.CLIPS(cfg).state_dict().items()}
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        check_state_dict(found, expected, f"train.resume checkpoint {weights} (model {self.cfg.model.name!r})")
+
+    def _last_checkpoint(self) -> str:
+        found = list_checkpoints(self.out)
+        return f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
+
+    def _skip_nonfinite(self, e: NonFiniteStep, state: RunState) -> dict[str, float]:
+        """Count a skipped non-finite step, or raise :class:`NonFiniteError` past the limit (or when
+        the engine could not skip it)."""
+        step, limit = state.step + 1, self.cfg.train.max_nonfinite_skips
+        terms = [w for w in e.what if w != GRADIENT]
+        what = " and ".join(([f"loss term(s) {', '.join(terms)}"] if terms else [])
+                            + (["gradient"] if GRADIENT in e.what else []))
+        if not e.skipped or state.nonfinite_skips >= limit:
+            why = ("the DeepSpeed engine had already applied the update" if not e.skipped else
+                   f"{state.nonfinite_skips} step(s) skipped already, train.max_nonfinite_skips={limit}")
+            raise NonFiniteError(f"step {step}: non-finite {what} ({why}); stopping; {self._last_checkpoint()}")
+        state.nonfinite_skips += 1
+        log.warning("step %d: non-finite %s: update skipped (%d of at most %d)", step, what, state.nonfinite_skips, limit)
+        return {}
 
     def evaluate(self, s: Session) -> dict[str, float]:
         """Zero-shot retrieval on ``eval.dataset`` (rank 0; every rank under FSDP2, whose towers
@@ -339,6 +404,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         ckpt = resolve_resume(t.resume, self.out)
         ckpt_state = load_trainer_state(ckpt) if ckpt is not None else None
+        if ckpt is not None:
+            self.check_checkpoint_fits(ckpt, ckpt_state["image_size"])
         state = self.restore_state(ckpt_state) if ckpt_state is not None else RunState()
         resumed_from = str(ckpt) if ckpt is not None else None
         if ckpt is not None:
@@ -402,7 +469,10 @@ class Trainer:
                 state.next_worker = (b["worker"] - self.dist.rank * w + 1) % w
                 state.epoch = b["epoch"]
                 add_counts(state.bad, b["bad"])
-            values, tokens = self.train_step(s, batches)
+            try:
+                values, tokens = self.train_step(s, batches)
+            except NonFiniteStep as e:
+                values, tokens = self._skip_nonfinite(e, state), 0.0
             state.step += 1
             window_steps += 1
             window_tokens += tokens
@@ -421,8 +491,10 @@ class Trainer:
                     values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
                 bad = add_counts(Counter(), D.all_gather_objects(dict(state.bad)))
                 values.update({f"bad/{k}": v for k, v in bad.items()})
+                if state.nonfinite_skips:
+                    values["nonfinite_skips"] = state.nonfinite_skips
                 logger.scalars(state.step, values)
-                logger.advance(window_steps, {"loss": f"{values['loss']:.4f}", "samples/s": f"{sps:.1f}"})
+                logger.advance(window_steps, {"loss": f"{values.get('loss', float('nan')):.4f}", "samples/s": f"{sps:.1f}"})
                 if bad:
                     log.info("step %d: skipped bad samples so far %s", state.step, dict(bad))
                 metrics = values

@@ -100,7 +100,7 @@ def test_direct_weights_file_path(tmp_path, encoders):
 
 def test_wrong_shape_names_key_and_both_shapes(tmp_path, encoders):
     folder = _official_folder(tmp_path, encoders)
-    sd = torch.load(folder / "open_clip_pytorch_model.bin")
+    sd = torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True)
     sd["visual.proj"] = torch.zeros(64, 16)
     del sd["ln_final.bias"]
     sd["visual.ln_pre.weight"] = torch.zeros(64)
