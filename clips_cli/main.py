@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "pretrain.cli",
     "eval.cli",
     "llava_integration.cli",
+    "benchmarks.cli",
 )
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from llava_integration.conversation import get_template
 from llava_integration.data import DataCheckError, LlavaCollator, LlavaDataset, TokenSpec, check_samples
 from llava_integration.feature_cache import (CachedFeatureLlava, FeatureCache, FeatureCacheError,
-                                             build_feature_cache, tower_features)
+                                             build_feature_cache)
 from llava_integration.stages import get_stage
 from llava_integration.train import (LlavaTrainer, add_lora, load_llava, load_projector, lr_overrides, run_stage,
                                      set_trainable)

@@ -1,0 +1,85 @@
+"""Benchmark 1: one pretraining step (forward + backward + AdamW) per model shape, resolution and
+precision: samples/s, MFU against the same-run roofline, peak resident memory.
+
+The step is the trainer's own (:func:`pretrain.throughput.measure_throughput`: engine, objective,
+loss, optimizer, on a batch that went through the real sample pipeline); model FLOPs come from
+:func:`clips_tower.flops.model_flops` (matmuls only, training = 3 x forward).
+
+    python -m benchmarks train --models tiny s16 b16 --sizes 112 --precisions fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from pretrain.metrics import matmul_roofline
+
+from .common import Column, PeakRSS, native_bf16_cpu, report
+
+# Benchmark shape -> registered model (tiny runs at its own 32 px whatever --sizes says).
+MODELS = {"tiny": "clips-tiny", "s16": "clips-vit-s-16", "b16": "clips-vit-b-16"}
+COLUMNS = [Column("model", "model"), Column("image_size", "px"), Column("precision", "precision"),
+           Column("recipe", "recipe"), Column("batch", "batch"), Column("step_s", "step s", ".3f"),
+           Column("samples_per_s", "samples/s", ".2f"), Column("train_gflops_per_sample", "GFLOP/sample", ".1f"),
+           Column("achieved_tflops", "TFLOP/s", ".4f"), Column("roofline_tflops", "roofline TFLOP/s", ".4f"),
+           Column("mfu", "MFU", ".1%"), Column("peak_rss_mib", "peak RSS MiB", ".0f")]
+
+
+def step_config(model: str, image_size: int, precision: str, batch: int, recipe: str = "clips", out_dir: str = ""):
+    """A :class:`~pretrain.config.PretrainConfig` for one timed step: the tiny reference config
+    with the model, resolution, precision, batch and recipe replaced."""
+    from pretrain.config import load_config
+
+    return load_config("clips-tiny", [
+        "--model.name", model, "--recipe.name", recipe, "--train.precision", precision,
+        "--train.global_batch_size", str(batch), "--train.out_dir", out_dir or tempfile.mkdtemp(prefix="clips-bench-"),
+        "--stages", f"[{{name: bench, steps: 1, image_size: {image_size}}}]"])
+
+
+def measure_step(model: str, image_size: int, precision: str, batch: int, steps: int, recipe: str = "clips") -> dict:
+    """Time ``steps`` training steps (after one warm-up) and return one result row.
+
+    ``mfu`` divides by the best-layout roofline (:func:`~pretrain.metrics.matmul_roofline`,
+    better of before/after); ``mfu_trainer`` is the trainer's own figure (row-major matmul)."""
+    import torch
+
+    from pretrain.throughput import measure_throughput
+
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    before = matmul_roofline(dtype)
+    with PeakRSS() as mem:
+        r = measure_throughput(step_config(model, image_size, precision, batch, recipe), steps=steps)
+    after = matmul_roofline(dtype)
+    roof = max(before["best"], after["best"])
+    return {"model": r["model"], "image_size": r["image_size"], "precision": precision, "recipe": recipe,
+            "batch": batch, "step_s": r["step_s"], "samples_per_s": r["samples_per_s"],
+            "train_gflops_per_sample": r["train_gflops_per_sample"], "achieved_tflops": r["achieved_tflops"],
+            "roofline_tflops": roof, "roofline_nn_tflops": max(before["nn"], after["nn"]), "mfu": r["achieved_tflops"] / roof,
+            "mfu_trainer": r["mfu"], "peak_rss_mib": mem.peak_mib, "step_s_all": r["step_s_all"]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``bench train``."""
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "s16", "b16"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[112], help="resolutions of s16/b16 (e.g. 112 224)")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=2, help="samples per step (default 2: short runs)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (median reported)")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="run bf16 even on a CPU without bf16 instructions (emulated: minutes per step)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure every (model, size, precision) and report the table; returns the JSON record."""
+    rows, notes = [], []
+    slow_bf16 = not native_bf16_cpu() and not args.force_bf16
+    for key in args.models:
+        for size in ([32] if key == "tiny" else args.sizes):
+            for precision in args.precisions:
+                if precision == "bf16" and slow_bf16:
+                    notes.append(f"skipped {key}@{size} bf16: this CPU has no bf16 instructions (emulated bf16 "
+                                 f"GEMMs run at a few GFLOP/s, minutes per step); --force-bf16 runs it anyway")
+                    continue
+                rows.append(measure_step(MODELS[key], size, precision, args.batch, args.steps))
+    return report(args.out, "train_step", rows, COLUMNS, vars(args), notes)

@@ -1,0 +1,141 @@
+"""Benchmarks: the entry points run on clips-tiny with tiny counts and write well-formed tables and
+JSON (no timing is asserted), plus the correctness of what the performance work changed."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from benchmarks.cli import main as bench_main
+from benchmarks.common import Column, PeakRSS, append_results, markdown_table
+from pretrain.metrics import matmul_roofline
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_markdown_table_and_results_file(tmp_path):
+    rows = [{"a": "x", "b": 0.5}, {"a": "y"}]
+    table = markdown_table(rows, [Column("a", "A"), Column("b", "B", ".1%")])
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| x | 50.0% |", "| y | - |"]
+    out = tmp_path / "sub" / "r.jsonl"
+    append_results(out, "demo", rows, {"k": 1})
+    append_results(out, "demo2", [], {})
+    recs = _records(out)
+    assert [r["benchmark"] for r in recs] == ["demo", "demo2"]
+    assert recs[0]["rows"] == rows and recs[0]["args"] == {"k": 1}
+    assert {"cpu", "native_bf16", "threads"} <= set(recs[0]["machine"])
+
+
+def test_peak_rss_sees_a_large_allocation():
+    with PeakRSS() as mem:
+        x = torch.ones(64 * 2**20)  # 256 MiB, touched
+        del x
+    assert mem.delta_mib > 200
+
+
+def test_roofline_reports_both_layouts():
+    r = matmul_roofline(torch.float32, n=128, min_seconds=0.01)
+    assert r["nn"] > 0 and r["nt"] > 0 and r["best"] == max(r["nn"], r["nt"])
+
+
+def test_captioner_attention_baselines_match_the_model_path():
+    """The benchmark's dense-mask and reference baselines compute the same attention as the model's
+    SDPA + shared bool mask path (so the comparison is like for like)."""
+    from benchmarks.captioner_cost import attention_impls, attention_inputs
+
+    q, k, v, mask = attention_inputs("clips-tiny", 32, 2)
+    outs = [fn(q, k, v, mask) for fn in attention_impls().values()]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_adamw_matches_foreach():
+    """The engines' fused AdamW gives the same update as the foreach implementation (with the
+    decay / no-decay groups of :func:`pretrain.optim.param_groups`)."""
+    from pretrain.optim import build_optimizer
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=g) for p in models[0].parameters()]
+    for model, fused in zip(models, (None, True)):
+        opt = build_optimizer(model, 1e-2, (0.9, 0.98), 1e-6, 0.2, fused=fused)
+        for _ in range(3):
+            for p, gr in zip(model.parameters(), grads):
+                p.grad = gr.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_engine_uses_fused_adamw_and_warns_on_emulated_bf16(monkeypatch, caplog):
+    import clips_tower
+    from pretrain import engines
+    from pretrain.config import load_config
+    from pretrain.losses import CLIPSLoss
+    from pretrain.objective import CLIPSObjective
+
+    cfg = load_config("clips-tiny")
+    obj = CLIPSObjective(clips_tower.create_model("clips-tiny"), CLIPSLoss({"web": 1.0}))
+    eng = engines.TorchEngine(obj, strategy="ddp", device=torch.device("cpu"), world=1, optim_cfg=cfg.optim,
+                              lr_factor=lambda s: 1.0, precision="fp32", grad_clip=None, max_logit_scale=100.0)
+    assert eng.optimizer.defaults["fused"] is True
+    monkeypatch.setattr(engines, "native_bf16_cpu", lambda: False)
+    engines._warn_emulated_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="pretrain.engines"):
+        with engines.autocast(torch.device("cpu"), "bf16"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with engines.autocast(torch.device("cpu"), "fp32"):
+            pass
+    assert sum("emulates bf16" in r.message for r in caplog.records) == 1
+
+
+def test_train_bench_tiny_row_is_consistent(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert bench_main(["train", "--models", "tiny", "--precisions", "fp32", "--batch", "2", "--steps", "1",
+                       "--out", str(out)]) == 0
+    (rec,) = _records(out)
+    (row,) = rec["rows"]
+    assert row["model"] == "clips-tiny" and row["batch"] == 2 and row["precision"] == "fp32"
+    assert row["samples_per_s"] == pytest.approx(2 / row["step_s"])
+    assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["roofline_tflops"])
+    assert row["achieved_tflops"] == pytest.approx(row["train_gflops_per_sample"] * row["samples_per_s"] / 1e3)
+    assert row["peak_rss_mib"] > 0
+    assert "| clips-tiny | 32 | fp32 |" in capsys.readouterr().out
+
+
+def test_retrieval_and_data_benches_tiny(tmp_path):
+    out = tmp_path / "r.jsonl"
+    bench_main(["retrieval", "--images", "10", "--out", str(out)])
+    bench_main(["data", "--workers", "0", "--batch", "4", "--batches", "2", "--samples", "16", "--steps", "1",
+                "--out", str(out)])
+    retrieval, data = _records(out)
+    assert [r["phase"] for r in retrieval["rows"]] == ["embed images", "embed texts", "rank (both directions)"]
+    assert [r["items"] for r in retrieval["rows"]] == [10, 50, 500]
+    assert [r["case"] for r in data["rows"]][1:] == ["data stream, 0 workers"]
+    model, stream = data["rows"]
+    assert stream["vs_model"] == pytest.approx(stream["samples_per_s"] / model["samples_per_s"])
+
+
+def test_gpu_script_smoke_on_cpu(tmp_path):
+    out = tmp_path / "r.jsonl"
+    bench_main(["gpu", "--tiny", "--out", str(out)])
+    (row,) = _records(out)[0]["rows"]
+    assert row["model"] == "clips-tiny" and row["device"] == "cpu" and row["batch"] == 4
+    assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["roofline_tflops"])
+
+
+@pytest.mark.slow
+def test_llava_bench_stage1_tiny(tmp_path):
+    out = tmp_path / "r.jsonl"
+    bench_main(["llava", "--stages", "pretrain", "--steps", "2", "--samples", "8", "--batch", "2", "--out", str(out)])
+    live, cached = _records(out)[0]["rows"]
+    assert live["case"] == "stage 1, live tower" and cached["case"] == "stage 1, feature cache"
+    assert cached["ratio"] == pytest.approx(cached["steps_per_s"] / live["steps_per_s"])
