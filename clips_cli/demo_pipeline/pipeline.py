@@ -1,0 +1,102 @@
+"""``clips demo`` end to end: data -> four pretrained models -> retrieval -> captioner examples ->
+LLaVA with two towers -> ``report.md`` + ``metrics.json`` + ``retrieval_r1.png`` in ``out``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from clips_tower.io import atomic_write_json
+
+from . import captioner, llava, report, retrieval
+from .data import HELD_OUT_RETRIEVAL, generate_data
+from .pretraining import CLIPS_MODEL, MODELS, WEB_BASELINE, pretrain_model
+from .progress import StageClock
+from .settings import MODEL_CONFIG, DemoSettings
+
+STAGES = ("generate data", "pretrain (4 recipes, same budget)", "zero-shot retrieval", "captioner examples",
+          "LLaVA stage 1 + 2 per tower, lmms-eval", "report")
+# Rough share of the run each stage takes (seconds on 2 CPU cores for the default preset): for the ETA.
+STAGE_WEIGHTS = (15, 450, 5, 1, 400, 1)
+LLAVA_TOWERS = (CLIPS_MODEL, WEB_BASELINE)
+
+
+def run_demo(out: str | Path, settings: DemoSettings, seed: int = 0, progress: bool = True, threads: int = 1) -> dict:
+    """Run the whole demo into ``out`` with ``settings``; returns the metrics (also written to
+    ``out/metrics.json``). Seeds: data and the first training run use ``seed``; further retrieval
+    seeds (``settings.retrieval_seeds``) retrain the four models with ``seed + k``. ``threads``:
+    torch threads while it runs (1 is fastest for these tiny models on a shared CPU)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(Path(out), settings, seed, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
+    clock = StageClock(STAGES, STAGE_WEIGHTS)
+    metrics: dict = {"settings": asdict(settings), "seed": seed}
+
+    clock.begin(STAGES[0])
+    data = generate_data(out / "data", settings, seed)
+
+    clock.begin(STAGES[1])
+    runs: dict[str, list[dict]] = {label: [] for label in MODELS}
+    for k in range(settings.retrieval_seeds):
+        for i, (label, recipe) in enumerate(MODELS.items()):
+            print(f"-- pretraining {label} [{recipe}] (model {i + 1}/{len(MODELS)}, seed {seed + k})", flush=True)
+            t0 = time.perf_counter()
+            summary = pretrain_model(recipe, data.shards, out / "runs" / f"{recipe}-seed{seed + k}", settings,
+                                     seed + k, progress)
+            runs[label].append({"seed": seed + k, "recipe": recipe, "model_dir": summary["checkpoint"] + "/model",
+                                "wall_time_s": time.perf_counter() - t0, "final_loss": summary["final_metrics"]["loss"]})
+    metrics["pretrain"] = runs
+
+    clock.begin(STAGES[2])
+    per_seed = {label: [retrieval.evaluate_checkpoint(r["model_dir"], data.retrieval, progress) for r in rs]
+                for label, rs in runs.items()}
+    summary = retrieval.summarize(per_seed)
+    chance = 100.0 / settings.eval_images
+    retrieval.plot_ablation(summary, out / "retrieval_r1.png", chance)
+    metrics["retrieval"] = {"dataset": str(data.retrieval), "per_seed": per_seed, "summary": summary,
+                            "chance_R@1": chance}
+
+    clock.begin(STAGES[3])
+    metrics["captioner_positions"] = json.loads(MODEL_CONFIG.read_text())["captioner"]["num_queries"]
+    metrics["captions"] = captioner.caption_examples(runs[CLIPS_MODEL][0]["model_dir"], settings.caption_examples,
+                                                     seed + HELD_OUT_RETRIEVAL, settings.image_size)
+
+    clock.begin(STAGES[4])
+    llm = llava.build_llm(out / "llava" / "llm", data, seed)
+    trained, times = {}, {}
+    for label in LLAVA_TOWERS:
+        print(f"-- LLaVA stage 1 + 2 with the {label} tower", flush=True)
+        t0 = time.perf_counter()
+        trained[label] = llava.train_llava(f"clips:{runs[label][0]['model_dir']}", llm, data,
+                                           out / "llava" / runs[label][0]["recipe"], settings, seed)
+        times[label] = time.perf_counter() - t0
+    print("-- lmms-eval on the held-out questions (both towers, one process)", flush=True)
+    slugs = {label: runs[label][0]["recipe"] for label in LLAVA_TOWERS}
+    evaluated = llava.lmms_accuracy({slugs[label]: trained[label] for label in LLAVA_TOWERS}, data.tasks,
+                                    out / "llava" / "lmms_eval")
+    metrics["llava"] = {}
+    for label in LLAVA_TOWERS:
+        result = evaluated[slugs[label]]
+        metrics["llava"][label] = {"model_dir": str(trained[label]), "scorer": "lmms-eval", "train_time_s": times[label],
+                                   "results": result["results"], "accuracy": result["accuracy"],
+                                   "gqa_by_kind": llava.accuracy_by_kind(Path(result["results"]), data.tasks)}
+    metrics["llava_eval_questions"] = llava.question_counts(data.tasks)
+
+    clock.begin(STAGES[5])
+    metrics["stage_times_s"] = dict(clock.stage_times)
+    report.write_report(out, metrics)
+    metrics["wall_time_s"] = clock.finish()
+    metrics["stage_times_s"] = dict(clock.stage_times)
+    atomic_write_json(out / "metrics.json", metrics)
+    print(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}", flush=True)
+    return metrics
