@@ -35,15 +35,17 @@ def build_llm(out_dir: Path, data: DemoData, seed: int) -> Path:
     return build_tiny_llm(out_dir, corpus=corpus, vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, seed=seed)
 
 
-def train_llava(tower: str, llm: Path, data: DemoData, out: Path, s: DemoSettings, seed: int) -> Path:
+def train_llava(tower: str, llm: Path, data: DemoData, out: Path, s: DemoSettings, seed: int,
+                progress: bool = True) -> Path:
     """Assemble ``tower`` (a ``clips:<checkpoint>`` spec) with ``llm``, run stage 1 (projector on
-    captions) then stage 2 (projector + LLM on the instruction data); returns the HF LLaVA folder."""
+    captions) then stage 2 (projector + LLM on the instruction data); returns the HF LLaVA folder.
+    ``progress``: the HF Trainer's progress bars."""
     from llava_integration.assemble import assemble_llava
     from llava_integration.train import run_stage
 
     base = assemble_llava(tower, llm, out / "base")
     common = ["--model_name_or_path", str(base), "--image_folder", str(data.llava["images"]),
-              "--per_device_train_batch_size", str(s.llava_batch_size), "--seed", str(seed), *CPU_FLAGS]
+              "--per_device_train_batch_size", str(s.llava_batch_size), "--seed", str(seed), "--disable_tqdm", str(not progress), *CPU_FLAGS]
     stage1 = run_stage("pretrain", [*common, "--data_path", str(data.llava["captions"]), "--output_dir",
                                     str(out / "stage1"), "--max_steps", str(s.stage1_steps), "--learning_rate", "2e-3"])
     return run_stage("finetune", [*common, "--data_path", str(data.llava["instruct"]), "--output_dir", str(out / "stage2"),

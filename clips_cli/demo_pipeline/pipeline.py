@@ -78,7 +78,7 @@ def _run(out: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
         print(f"-- LLaVA stage 1 + 2 with the {label} tower", flush=True)
         t0 = time.perf_counter()
         trained[label] = llava.train_llava(f"clips:{runs[label][0]['model_dir']}", llm, data,
-                                           out / "llava" / runs[label][0]["recipe"], settings, seed)
+                                           out / "llava" / runs[label][0]["recipe"], settings, seed, progress)
         times[label] = time.perf_counter() - t0
     print("-- lmms-eval on the held-out questions (both towers, one process)", flush=True)
     slugs = {label: runs[label][0]["recipe"] for label in LLAVA_TOWERS}
