@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 
-from .common import Column, PeakRSS, median, report, time_calls
+from .common import Column, PeakRSS, report, time_calls
 from .train_step import MODELS, measure_step
 
 COLUMNS = [Column("case", "case"), Column("step_s", "time s", ".4f"), Column("ratio", "time ratio", ".2f"),
@@ -62,7 +63,7 @@ def measure_attention(model_name: str, image_size: int, batch: int, steps: int) 
         def call():
             fn(q, k, v, mask).sum().backward()
         with PeakRSS() as mem:
-            t = median(time_calls(call, steps))
+            t = statistics.median(time_calls(call, steps))
         rows.append({"case": f"attention: {name}", "step_s": t, "peak_rss_delta_mib": mem.delta_mib})
     base = rows[0]["step_s"]
     for r in rows:

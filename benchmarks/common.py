@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -93,11 +92,6 @@ def time_calls(fn: Callable[[], object], steps: int, warmup: int = 1) -> list[fl
         fn()
         times.append(time.perf_counter() - start)
     return times
-
-
-def median(values: Sequence[float]) -> float:
-    """Median (the noise-robust summary every benchmark reports)."""
-    return statistics.median(values)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ random pixels and token ids with realistic caption lengths (40 supervised target
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from pretrain.metrics import matmul_roofline
 
-from .common import Column, median, report
+from .common import Column, report
 
 COLUMNS = [Column("model", "model"), Column("device", "device"), Column("batch", "batch"),
            Column("step_s", "step s", ".3f"), Column("samples_per_s", "samples/s", ".1f"),
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - start)
-    step_s = median(times)
+    step_s = statistics.median(times)
     flops = model_flops(cfg, 2, True, CAPTION_TOKENS, b).train
     achieved = flops * b / step_s / 1e12
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None

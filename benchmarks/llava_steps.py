@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from .common import Column, median, report, time_calls
+from .common import Column, report, time_calls
 
 COLUMNS = [Column("case", "case"), Column("steps", "steps"), Column("steps_per_s", "steps/s", ".2f"),
            Column("ratio", "vs baseline", ".2f"), Column("seconds", "extra s", ".2f")]
@@ -47,7 +48,7 @@ def tower_seconds(llava_dir: Path, images: Path, batch: int, reps: int = 5) -> f
     files = sorted(images.iterdir())[:batch]
     pixels = processor.image_processor([Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        return median(time_calls(lambda: tower_features(model, pixels), reps))
+        return statistics.median(time_calls(lambda: tower_features(model, pixels), reps))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from pretrain.metrics import matmul_roofline
-
 from .common import Column, PeakRSS, native_bf16_cpu, report
 
 # Benchmark shape -> registered model (tiny runs at its own 32 px whatever --sizes says).
@@ -40,23 +38,18 @@ def step_config(model: str, image_size: int, precision: str, batch: int, recipe:
 def measure_step(model: str, image_size: int, precision: str, batch: int, steps: int, recipe: str = "clips") -> dict:
     """Time ``steps`` training steps (after one warm-up) and return one result row.
 
-    ``mfu`` divides by the best-layout roofline (:func:`~pretrain.metrics.matmul_roofline`,
-    better of before/after); ``mfu_trainer`` is the trainer's own figure (row-major matmul)."""
-    import torch
-
+    ``mfu`` divides by the best-layout roofline :func:`pretrain.throughput.measure_throughput`
+    measures before and after the timed steps (:func:`~pretrain.metrics.matmul_roofline`, the better
+    of the two)."""
     from pretrain.throughput import measure_throughput
 
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    before = matmul_roofline(dtype)
     with PeakRSS() as mem:
         r = measure_throughput(step_config(model, image_size, precision, batch, recipe), steps=steps)
-    after = matmul_roofline(dtype)
-    roof = max(before["best"], after["best"])
     return {"model": r["model"], "image_size": r["image_size"], "precision": precision, "recipe": recipe,
             "batch": batch, "step_s": r["step_s"], "samples_per_s": r["samples_per_s"],
             "train_gflops_per_sample": r["train_gflops_per_sample"], "achieved_tflops": r["achieved_tflops"],
-            "roofline_tflops": roof, "roofline_nn_tflops": max(before["nn"], after["nn"]), "mfu": r["achieved_tflops"] / roof,
-            "mfu_trainer": r["mfu"], "peak_rss_mib": mem.peak_mib, "step_s_all": r["step_s_all"]}
+            "roofline_tflops": r["roofline_tflops"], "mfu": r["mfu"], "peak_rss_mib": mem.peak_mib,
+            "step_s_all": r["step_s_all"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
