@@ -2,7 +2,8 @@
 
 - A CLIPS step (web + sub-caption contrast + captioner) over a CLIP step (web contrast only) with
   the same encoders, set against the ratio of their model FLOPs (target: time ratio <= FLOPs
-  ratio + 10%, i.e. the captioner runs as efficiently as the encoders).
+  ratio + 10%, i.e. the captioner runs as efficiently as the encoders), and a CLIPS step whose
+  captioner loss is a sampled softmax (``loss.caption_negatives``) instead of the full-vocabulary one.
 - The captioner's attention (fused SDPA with one shared boolean ``[S,S]`` prefix-causal mask,
   :func:`clips_tower.captioner.prefix_causal_mask`) against a dense-mask SDPA baseline (an additive
   float mask materialised per sample and head, ``[B,H,S,S]``) and the reference softmax
@@ -17,7 +18,7 @@ import argparse
 import statistics
 
 from .common import Column, PeakRSS, report, time_calls
-from .train_step import MODELS, measure_step
+from .train_step import MODELS, OWN_SIZE, measure_step
 
 COLUMNS = [Column("case", "case"), Column("step_s", "time s", ".4f"), Column("ratio", "time ratio", ".2f"),
            Column("flops_ratio", "FLOPs ratio", ".2f"), Column("peak_rss_delta_mib", "extra RSS MiB", ".0f")]
@@ -79,12 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--attn-steps", type=int, default=5)
+    p.add_argument("--caption-negatives", type=int, default=512,
+                   help="random negatives of the sampled-softmax CLIPS row (0: skip that row)")
 
 
 def run(args: argparse.Namespace) -> dict:
     """CLIPS vs CLIP steps, then the attention comparison; returns the JSON record."""
     name = MODELS[args.model]
-    size = 32 if args.model == "tiny" else args.size
+    size = OWN_SIZE.get(args.model, args.size)
     clip = measure_step(name, size, args.precision, args.batch, args.steps, recipe="clip-web")
     clips = measure_step(name, size, args.precision, args.batch, args.steps, recipe="clips")
     flops_ratio = clips["train_gflops_per_sample"] / clip["train_gflops_per_sample"]
@@ -92,9 +95,17 @@ def run(args: argparse.Namespace) -> dict:
              "flops_ratio": 1.0, "mfu": clip["mfu"]},
             {"case": f"CLIPS step ({name}@{size}, {args.precision})", "step_s": clips["step_s"],
              "ratio": clips["step_s"] / clip["step_s"], "flops_ratio": flops_ratio, "mfu": clips["mfu"]}]
+    if args.caption_negatives:
+        sampled = measure_step(name, size, args.precision, args.batch, args.steps, recipe="clips",
+                               extra=["--loss.caption_negatives", str(args.caption_negatives)])
+        rows.append({"case": f"CLIPS step, sampled softmax (+{args.caption_negatives} negatives)",
+                     "step_s": sampled["step_s"], "ratio": sampled["step_s"] / clip["step_s"]})
     rows += measure_attention(name, size, args.batch, args.attn_steps)
     ratio = rows[1]["ratio"]
     notes = [f"CLIPS/CLIP time ratio {ratio:.2f} vs FLOPs ratio {flops_ratio:.2f}: "
              f"{'within' if ratio <= flops_ratio * 1.1 else 'ABOVE'} the +10% target "
              f"(MFU CLIP {clip['mfu']:.1%}, CLIPS {clips['mfu']:.1%})"]
+    if args.caption_negatives:
+        notes.append(f"sampled softmax: CLIPS step {clips['step_s'] / rows[2]['step_s']:.2f}x faster than with the "
+                     "full-vocabulary softmax (FLOPs ratio not shown: it counts the full head)")
     return report(args.out, "captioner_cost", rows, COLUMNS, vars(args), notes)

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
+from typing import Sequence
 
 from .common import Column, PeakRSS, native_bf16_cpu, report
 
-# Benchmark shape -> registered model (tiny runs at its own 32 px whatever --sizes says).
-MODELS = {"tiny": "clips-tiny", "s16": "clips-vit-s-16", "b16": "clips-vit-b-16"}
+# Benchmark shape -> registered model or model JSON ("demo": the model `clips demo` trains).
+MODELS = {"tiny": "clips-tiny", "s16": "clips-vit-s-16", "b16": "clips-vit-b-16",
+          "demo": str(Path(__file__).resolve().parents[1] / "clips_cli" / "demo_pipeline" / "clips-demo.json")}
+# Models benchmarked at their own resolution whatever --sizes says.
+OWN_SIZE = {"tiny": 32, "demo": 32}
 COLUMNS = [Column("model", "model"), Column("image_size", "px"), Column("precision", "precision"),
            Column("recipe", "recipe"), Column("batch", "batch"), Column("step_s", "step s", ".3f"),
            Column("samples_per_s", "samples/s", ".2f"), Column("train_gflops_per_sample", "GFLOP/sample", ".1f"),
@@ -24,19 +29,22 @@ COLUMNS = [Column("model", "model"), Column("image_size", "px"), Column("precisi
            Column("mfu", "MFU", ".1%"), Column("peak_rss_mib", "peak RSS MiB", ".0f")]
 
 
-def step_config(model: str, image_size: int, precision: str, batch: int, recipe: str = "clips", out_dir: str = ""):
+def step_config(model: str, image_size: int, precision: str, batch: int, recipe: str = "clips", out_dir: str = "",
+                extra: Sequence[str] = ()):
     """A :class:`~pretrain.config.PretrainConfig` for one timed step: the tiny reference config
-    with the model, resolution, precision, batch and recipe replaced."""
+    with the model, resolution, precision, batch and recipe replaced (then the ``extra`` overrides)."""
     from pretrain.config import load_config
 
     return load_config("clips-tiny", [
         "--model.name", model, "--recipe.name", recipe, "--train.precision", precision,
         "--train.global_batch_size", str(batch), "--train.out_dir", out_dir or tempfile.mkdtemp(prefix="clips-bench-"),
-        "--stages", f"[{{name: bench, steps: 1, image_size: {image_size}}}]"])
+        "--stages", f"[{{name: bench, steps: 1, image_size: {image_size}}}]", *extra])
 
 
-def measure_step(model: str, image_size: int, precision: str, batch: int, steps: int, recipe: str = "clips") -> dict:
-    """Time ``steps`` training steps (after one warm-up) and return one result row.
+def measure_step(model: str, image_size: int, precision: str, batch: int, steps: int, recipe: str = "clips",
+                 extra: Sequence[str] = ()) -> dict:
+    """Time ``steps`` training steps (after one warm-up) and return one result row (``extra``:
+    config overrides).
 
     ``mfu`` divides by the best-layout roofline :func:`pretrain.throughput.measure_throughput`
     measures before and after the timed steps (:func:`~pretrain.metrics.matmul_roofline`, the better
@@ -44,7 +52,7 @@ def measure_step(model: str, image_size: int, precision: str, batch: int, steps:
     from pretrain.throughput import measure_throughput
 
     with PeakRSS() as mem:
-        r = measure_throughput(step_config(model, image_size, precision, batch, recipe), steps=steps)
+        r = measure_throughput(step_config(model, image_size, precision, batch, recipe, extra=extra), steps=steps)
     return {"model": r["model"], "image_size": r["image_size"], "precision": precision, "recipe": recipe,
             "batch": batch, "step_s": r["step_s"], "samples_per_s": r["samples_per_s"],
             "train_gflops_per_sample": r["train_gflops_per_sample"], "achieved_tflops": r["achieved_tflops"],
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     rows, notes = [], []
     slow_bf16 = not native_bf16_cpu() and not args.force_bf16
     for key in args.models:
-        for size in ([32] if key == "tiny" else args.sizes):
+        for size in ([OWN_SIZE[key]] if key in OWN_SIZE else args.sizes):
             for precision in args.precisions:
                 if precision == "bf16" and slow_bf16:
                     notes.append(f"skipped {key}@{size} bf16: this CPU has no bf16 instructions (emulated bf16 "

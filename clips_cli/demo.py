@@ -8,7 +8,8 @@ import argparse
 def _cmd_demo(args: argparse.Namespace) -> int:
     from clips_cli.demo_pipeline import get_settings, run_demo
 
-    overrides = {"retrieval_seeds": args.seeds} if args.seeds is not None else {}
+    overrides = {key: value for key, value in (("retrieval_seeds", args.seeds), ("llava_seeds", args.llava_seeds))
+                 if value is not None}
     run_demo(args.out, get_settings("quick" if args.quick else "default", **overrides), seed=args.seed,
              progress=not args.no_progress)
     return 0
@@ -23,5 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of the first training run")
     p.add_argument("--seeds", type=int, default=None,
                    help="pretrain each model with this many seeds to measure the noise (default: the preset's)")
+    p.add_argument("--llava-seeds", type=int, default=None,
+                   help="repeat the LLaVA comparison with the towers of this many seeds (default 1; at most --seeds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=_cmd_demo)

@@ -52,6 +52,7 @@ class CLIPS(nn.Module):
         texts: Mapping[str, torch.Tensor],
         target_ids: torch.Tensor | None = None,
         prefix_text: str = "web",
+        caption_negatives: int | None = None,
     ) -> dict:
         """One training forward pass.
 
@@ -64,6 +65,14 @@ class CLIPS(nn.Module):
         ``logit_scale`` (exp of the parameter, scalar), and with ``target_ids``:
         ``caption_logits`` [M,V] and ``caption_labels`` [M] at the M supervised (non-pad) positions
         (query i predicts target token i+1), so the vocabulary projection runs on real tokens only.
+
+        ``caption_negatives``: None scores every vocabulary entry (``caption_logits`` [M,V], labels
+        are token ids: the paper's loss). An int k makes it a sampled softmax over C candidates: the
+        distinct tokens of this batch's targets plus k tokens drawn uniformly from the vocabulary
+        (``caption_logits`` [M,C], labels index the candidates). It costs ~C/V of the head, which
+        dominates a small model's step with a 32k vocabulary. The random negatives matter: with
+        the batch's tokens alone, tokens that never occur in targets keep their initial logits,
+        and full-vocabulary generation then emits them wherever the model is unsure.
         """
         b = images.shape[0]
         image_pooled, image_tokens = self.visual(images)
@@ -89,8 +98,15 @@ class CLIPS(nn.Module):
             hidden = self.captioner.hidden(image_tokens[:, 1:], web_tokens)  # [B,Q,D]
             labels = F.pad(target_ids[:, 1:], (0, 1), value=PAD_ID)  # query i -> token i+1
             keep = labels != PAD_ID
-            out["caption_logits"] = self.captioner.head(hidden[keep])
-            out["caption_labels"] = labels[keep]
+            hidden, labels = hidden[keep], labels[keep]
+            if caption_negatives is None:
+                out["caption_logits"], out["caption_labels"] = self.captioner.head(hidden), labels
+            else:
+                weight = self.captioner.head.weight
+                drawn = torch.randint(weight.shape[0], (caption_negatives,), device=labels.device)
+                candidates, inverse = torch.unique(torch.cat([labels, drawn]), return_inverse=True)
+                out["caption_logits"] = F.linear(hidden, weight[candidates])
+                out["caption_labels"] = inverse[: labels.numel()]
         return out
 
     @torch.no_grad()

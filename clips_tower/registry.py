@@ -32,9 +32,10 @@ def register_model_config(path: str | Path, name: str | None = None) -> str:
 
 
 def get_model_config(name: str) -> CLIPSConfig:
-    """The :class:`CLIPSConfig` of a registered model name."""
-    try:
-        path = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
-    return load_config(path)
+    """The :class:`CLIPSConfig` of a registered model name, or of a model JSON file at path ``name``."""
+    if name in _REGISTRY:
+        return load_config(_REGISTRY[name])
+    if Path(name).is_file():
+        return load_config(name)
+    raise KeyError(f"unknown model {name!r} (not a registered name nor a model JSON file); "
+                   f"registered models: {', '.join(list_models())}")

@@ -70,9 +70,8 @@ def dry_run_report(cfg) -> dict:
     from clips_tower.flops import model_flops
 
     from .recipes import build_recipe
-    from .trainer import _model_config
 
-    base = _model_config(cfg.model.name)
+    base = clips_tower.get_model_config(cfg.model.name)
     recipe = build_recipe(cfg.recipe.name, cfg.recipe.strategy, cfg.recipe.tokens, cfg.recipe.web_fraction,
                           cfg.recipe.captioner if cfg.loss.caption_weight > 0 else False, cfg.recipe.text_weights)
     model = clips_tower.create_model(base, device="meta", captioner=recipe.captioner)

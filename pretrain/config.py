@@ -104,7 +104,10 @@ class RecipeSection:
 class LossSection:
     """``L = contrastive_weight * sum_t w_t * CON(img, t) + caption_weight * CE``; ``contrastive``
     is ``clip`` (InfoNCE) or ``siglip`` (sigmoid); ``local_loss``: each rank computes the rows of
-    its own samples only (same gradients, less memory)."""
+    its own samples only (same gradients, less memory). ``caption_negatives``: None for the
+    captioner's softmax over the whole vocabulary (the paper's loss), or k for a sampled softmax over
+    each micro-batch's target tokens plus k uniformly drawn ones (small models, whose 32k-word head
+    would dominate the step)."""
 
     contrastive: str = "clip"
     contrastive_weight: float = 1.0
@@ -112,6 +115,7 @@ class LossSection:
     local_loss: bool = False
     max_logit_scale: float = 100.0
     siglip_bias_init: float = -10.0
+    caption_negatives: int | None = None
 
 
 @dataclass
@@ -332,6 +336,9 @@ def _validate(cfg: PretrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.max_nonfinite_skips must be >= 0, got {cfg.train.max_nonfinite_skips}")
     if cfg.dist.timeout_minutes <= 0:
         raise ConfigError(f"{source}: dist.timeout_minutes must be > 0, got {cfg.dist.timeout_minutes}")
+    if cfg.loss.caption_negatives is not None and cfg.loss.caption_negatives < 1:
+        raise ConfigError(f"{source}: loss.caption_negatives must be >= 1 (or null for the full softmax), "
+                          f"got {cfg.loss.caption_negatives}")
     if cfg.loss.max_logit_scale <= 0:
         raise ConfigError(f"{source}: loss.max_logit_scale must be > 0")
     if cfg.dist.strategy == "deepspeed" and cfg.train.precision == "fp16":

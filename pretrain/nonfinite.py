@@ -43,9 +43,11 @@ def flag_nonfinite(flags: dict[str, torch.Tensor], terms: Mapping[str, torch.Ten
 
 
 def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """0-dim bool: every element of every (local part of a) tensor is finite."""
-    checks = [torch.isfinite(_local(t)).all() for t in tensors]
-    return torch.stack(checks).all() if checks else torch.tensor(True)
+    """0-dim bool: the total 2-norm of the (local parts of the) tensors is finite, i.e. no element
+    is NaN/Inf and the norm does not overflow (which would break gradient clipping too). One fused
+    multi-tensor pass: a per-tensor ``isfinite().all()`` cost ~6% of a small model's step."""
+    local = [_local(t) for t in tensors]
+    return torch.isfinite(torch.nn.utils.get_total_norm(local)) if local else torch.tensor(True)
 
 
 def agreed_nonfinite(flags: dict[str, torch.Tensor], grads: list[torch.Tensor] | None,

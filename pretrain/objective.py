@@ -53,18 +53,23 @@ class CLIPSObjective(nn.Module):
     """``model`` (a :class:`clips_tower.CLIPS`) + ``loss`` (:class:`~pretrain.losses.CLIPSLoss`).
 
     ``rank``/``world`` place this process's rows in the gathered batch; ``local_loss`` restricts
-    the contrastive rows to them; ``max_logit_scale`` caps the temperature (100 = CLIP's clamp).
+    the contrastive rows to them; ``max_logit_scale`` caps the temperature (100 = CLIP's clamp);
+    ``caption_negatives`` goes to the model (sampled softmax: each rank's micro-batch has its own
+    candidates).
     """
 
     def __init__(self, model: nn.Module, loss: CLIPSLoss, rank: int = 0, world: int = 1, local_loss: bool = False,
-                 max_logit_scale: float = 100.0, prefix_text: str = "web") -> None:
+                 max_logit_scale: float = 100.0, prefix_text: str = "web",
+                 caption_negatives: int | None = None) -> None:
         super().__init__()
         self.model, self.loss = model, loss
         self.rank, self.world, self.local_loss = rank, world, local_loss
         self.max_logit_scale, self.prefix_text = max_logit_scale, prefix_text
+        self.caption_negatives = caption_negatives
 
     def _encode(self, images: torch.Tensor, texts: Mapping[str, torch.Tensor], targets: torch.Tensor | None) -> dict:
-        out = self.model(images, texts, target_ids=targets, prefix_text=self.prefix_text)
+        out = self.model(images, texts, target_ids=targets, prefix_text=self.prefix_text,
+                         caption_negatives=self.caption_negatives)
         out["image_features"] = at_least_fp32(out["image_features"])
         out["text_features"] = {n: at_least_fp32(f) for n, f in out["text_features"].items()}
         return out

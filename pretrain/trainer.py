@@ -85,12 +85,6 @@ class _Unaugmented:
         return self.transform(image)
 
 
-def _model_config(name: str) -> clips_tower.CLIPSConfig:
-    if Path(name).is_file():
-        return clips_tower.load_config(name)
-    return clips_tower.get_model_config(name)
-
-
 class Trainer:
     """Runs a :class:`~pretrain.config.PretrainConfig` (one process of a possibly distributed run)."""
 
@@ -105,7 +99,7 @@ class Trainer:
         captioner = cfg.recipe.captioner if cfg.loss.caption_weight > 0 else False
         self.recipe = build_recipe(cfg.recipe.name, cfg.recipe.strategy, cfg.recipe.tokens, cfg.recipe.web_fraction,
                                    captioner, cfg.recipe.text_weights)
-        self.base_config = _model_config(cfg.model.name)
+        self.base_config = clips_tower.get_model_config(cfg.model.name)
         if self.recipe.captioner and self.base_config.captioner is None:
             raise ValueError(f"recipe {self.recipe.name!r} trains the captioner but model {cfg.model.name!r} has none")
         # Encoder rows and captioner targets must be as long as the model's text context and queries.
@@ -206,7 +200,7 @@ class Trainer:
         if ckpt_state is not None and ckpt_state.get("loss"):
             loss.load_state_dict(ckpt_state["loss"])
         objective = CLIPSObjective(model, loss, self.dist.rank, self.dist.world, cfg.loss.local_loss,
-                                   cfg.loss.max_logit_scale, PREFIX_TEXT).to(dev)
+                                   cfg.loss.max_logit_scale, PREFIX_TEXT, cfg.loss.caption_negatives).to(dev)
         if cfg.model.compile:
             model.compile()
         engine = ENGINES[cfg.dist.strategy](

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import string
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 import clips_tower
 from clips_cli.demo_pipeline import get_settings, run_demo
-from clips_cli.demo_pipeline.pretraining import MODELS
+from clips_cli.demo_pipeline.pretraining import CLIPS_MODEL, MODELS
 from clips_cli.main import build_parser
 from eval.data import load_retrieval_dataset
 from pretrain.synthetic import generate_sample
@@ -32,8 +33,14 @@ def demo(tmp_path_factory) -> dict:
 
 
 def test_cli_parses_the_documented_flags():
-    args = build_parser().parse_args(["demo", "--quick", "--out", "x", "--seed", "4", "--seeds", "2"])
-    assert (args.quick, args.out, args.seed, args.seeds) == (True, "x", 4, 2)
+    args = build_parser().parse_args(["demo", "--quick", "--out", "x", "--seed", "4", "--seeds", "2", "--llava-seeds", "2"])
+    assert (args.quick, args.out, args.seed, args.seeds, args.llava_seeds) == (True, "x", 4, 2, 2)
+
+
+def test_llava_seeds_cannot_exceed_the_pretrained_seeds():
+    assert get_settings("default", llava_seeds=2).llava_seeds == 2
+    with pytest.raises(ValueError, match=r"llava_seeds must be between 1 and retrieval_seeds \(2\).*got 3"):
+        get_settings("default", llava_seeds=3)
 
 
 def test_report_plot_and_metrics_are_written(demo):
@@ -41,7 +48,8 @@ def test_report_plot_and_metrics_are_written(demo):
     assert m["seed"] == SEED and m["settings"] == json.loads(json.dumps(demo["returned"]["settings"]))
     report = (out / "report.md").read_text()
     for label in MODELS:
-        assert re.search(rf"^\| {re.escape(label)} \|( [\d.]+ \|){{5}}$", report, re.M), label
+        # 5 metrics as mean ± std over the two seeds, then the mean recall of each seed.
+        assert re.search(rf"^\| {re.escape(label)} \|( [\d.]+ ± [\d.]+ \|){{5}} [\d.]+, [\d.]+ \|$", report, re.M), label
     assert "![retrieval R@1](retrieval_r1.png)" in report
     with Image.open(out / "retrieval_r1.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
@@ -70,15 +78,19 @@ def test_retrieval_numbers_match_a_recomputation_from_the_checkpoints(demo):
     m = demo["metrics"]
     ret = m["retrieval"]
     assert set(ret["per_seed"]) == set(MODELS)
+    seeds = get_settings("quick").retrieval_seeds
     for label, runs in m["pretrain"].items():
-        [run] = runs
-        assert run["recipe"] == MODELS[label]
-        [metrics] = ret["per_seed"][label]
-        assert all(0 <= metrics[k] <= 100 for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "mean_recall"))
-        assert metrics["num_images"] == get_settings("quick").eval_images and metrics["num_captions"] == 5 * metrics["num_images"]
-        i2t, t2i = _brute_force_recall_at_1(run["model_dir"], ret["dataset"])
-        assert metrics["i2t_R@1"] == pytest.approx(i2t, abs=1e-6) and metrics["t2i_R@1"] == pytest.approx(t2i, abs=1e-6)
-        assert ret["summary"][label]["i2t_R@1"]["mean"] == pytest.approx(metrics["i2t_R@1"])
+        assert [r["seed"] for r in runs] == [SEED + k for k in range(seeds)] and len(ret["per_seed"][label]) == seeds
+        for run, metrics in zip(runs, ret["per_seed"][label]):
+            assert run["recipe"] == MODELS[label] and run["model_dir"].startswith(str(demo["out"] / "runs"))
+            assert all(0 <= metrics[k] <= 100 for k in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "mean_recall"))
+            assert metrics["num_images"] == get_settings("quick").eval_images
+            assert metrics["num_captions"] == 5 * metrics["num_images"]
+            i2t, t2i = _brute_force_recall_at_1(run["model_dir"], ret["dataset"])
+            assert metrics["i2t_R@1"] == pytest.approx(i2t, abs=1e-6) and metrics["t2i_R@1"] == pytest.approx(t2i, abs=1e-6)
+        values = [r["i2t_R@1"] for r in ret["per_seed"][label]]
+        assert ret["summary"][label]["i2t_R@1"]["mean"] == pytest.approx(statistics.fmean(values))
+        assert ret["summary"][label]["i2t_R@1"]["std"] == pytest.approx(statistics.stdev(values))
 
 
 def test_caption_examples_show_the_true_captions(demo):
@@ -101,23 +113,34 @@ def test_llava_accuracies_are_recomputed_from_lmms_eval_samples(demo):
     pope_docs = [json.loads(line) for line in (tasks / "clips_pope.jsonl").read_text().splitlines()]
     assert m["llava_eval_questions"] == {"clips_pope": len(pope_docs), "clips_gqa": len(gqa_docs)}
     assert {d["answer"] for d in pope_docs} == {"yes", "no"}
-    for label, result in m["llava"].items():
-        assert result["scorer"] == "lmms-eval"
-        slug = MODELS[label]
-        assert (out / "llava" / slug / "stage1" / "mm_projector.safetensors").is_file()
-        assert (out / "llava" / slug / "stage2" / "config.json").is_file()
-        logs = Path(result["results"]).parent
-        assert json.loads(Path(result["results"]).read_text())["config"]["model_args"].startswith(
-            f"pretrained={out / 'llava' / slug / 'stage2'},")
-        [gqa_log] = logs.glob("*_samples_clips_gqa.jsonl")
-        rows = [json.loads(line) for line in gqa_log.read_text().splitlines()]
-        assert sorted(r["doc_id"] for r in rows) == list(range(len(gqa_docs)))
-        # GQA-style exact match recomputed from the logged responses against our own answers.
-        hits = [_normalise(r["filtered_resps"] if isinstance(r["filtered_resps"], str) else r["filtered_resps"][0])
-                == _normalise(gqa_docs[r["doc_id"]]["answer"]) for r in rows]
-        assert result["accuracy"]["clips_gqa"] == pytest.approx(100 * sum(hits) / len(hits))
-        [pope_log] = logs.glob("*_samples_clips_pope.jsonl")
-        rows = [json.loads(line) for line in pope_log.read_text().splitlines()]
-        correct = [r["pope_accuracy"]["prediction"] == pope_docs[r["doc_id"]]["answer"] for r in rows]
-        assert result["accuracy"]["clips_pope"] == pytest.approx(100 * sum(correct) / len(correct))
-        assert all(0 <= v <= 100 for v in result["gqa_by_kind"].values())
+    seeds = get_settings("quick").llava_seeds
+    for label, results in m["llava"].items():
+        assert [r["tower_seed"] for r in results] == [SEED + k for k in range(seeds)]
+        for result in results:
+            _check_llava_run(out, label, result, gqa_docs, pope_docs)
+    report = (out / "report.md").read_text()
+    assert re.search(rf"^\| {re.escape(CLIPS_MODEL)}, seeds {SEED}, {SEED + 1} \|( [\d.]+ ± [\d.]+ \|)+$", report, re.M)
+    assert "gap per tower seed" in report
+
+
+def _check_llava_run(out: Path, label: str, result: dict, gqa_docs: list[dict], pope_docs: list[dict]) -> None:
+    """One LLaVA run: its folders exist and its accuracies equal a recount of lmms-eval's sample logs."""
+    assert result["scorer"] == "lmms-eval"
+    slug = f"{MODELS[label]}-seed{result['tower_seed']}"
+    assert (out / "llava" / slug / "stage1" / "mm_projector.safetensors").is_file()
+    assert (out / "llava" / slug / "stage2" / "config.json").is_file()
+    logs = Path(result["results"]).parent
+    assert json.loads(Path(result["results"]).read_text())["config"]["model_args"].startswith(
+        f"pretrained={out / 'llava' / slug / 'stage2'},")
+    [gqa_log] = logs.glob("*_samples_clips_gqa.jsonl")
+    rows = [json.loads(line) for line in gqa_log.read_text().splitlines()]
+    assert sorted(r["doc_id"] for r in rows) == list(range(len(gqa_docs)))
+    # GQA-style exact match recomputed from the logged responses against our own answers.
+    hits = [_normalise(r["filtered_resps"] if isinstance(r["filtered_resps"], str) else r["filtered_resps"][0])
+            == _normalise(gqa_docs[r["doc_id"]]["answer"]) for r in rows]
+    assert result["accuracy"]["clips_gqa"] == pytest.approx(100 * sum(hits) / len(hits))
+    [pope_log] = logs.glob("*_samples_clips_pope.jsonl")
+    rows = [json.loads(line) for line in pope_log.read_text().splitlines()]
+    correct = [r["pope_accuracy"]["prediction"] == pope_docs[r["doc_id"]]["answer"] for r in rows]
+    assert result["accuracy"]["clips_pope"] == pytest.approx(100 * sum(correct) / len(correct))
+    assert all(0 <= v <= 100 for v in result["gqa_by_kind"].values())

@@ -148,6 +148,41 @@ def test_supervised_logits_equal_full_logits(tiny_model, tiny_batch):
     assert torch.equal(tiny_model.generate_caption_ids(images, texts["web"]), full.argmax(-1))
 
 
+def _sampled_candidates(labels: torch.Tensor, vocab: int, k: int, seed: int) -> list[int]:
+    """The candidate tokens of a sampled-softmax call made right after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return sorted(set(labels.tolist()) | set(torch.randint(vocab, (k,)).tolist()))
+
+
+def test_sampled_caption_softmax_is_the_full_softmax_restricted_to_candidates(tiny_model, tiny_batch):
+    """caption_negatives=k: logits are the full logits at the batch's target tokens plus k uniform
+    draws (sorted, distinct), labels index them, and the loss equals a brute-force restricted softmax."""
+    images, texts, targets = tiny_batch
+    tiny_model.eval()
+    with torch.no_grad():
+        full = tiny_model(images, texts, targets)
+        torch.manual_seed(7)
+        sampled = tiny_model(images, texts, targets, caption_negatives=50)
+    candidates = _sampled_candidates(full["caption_labels"], 32000, 50, seed=7)
+    assert sampled["caption_logits"].shape == (full["caption_logits"].shape[0], len(candidates))
+    assert torch.allclose(sampled["caption_logits"], full["caption_logits"][:, candidates], atol=1e-5)
+    assert [candidates[i] for i in sampled["caption_labels"].tolist()] == full["caption_labels"].tolist()
+    brute = [-(row[label] - torch.logsumexp(row[candidates], 0)) for row, label
+             in zip(full["caption_logits"], full["caption_labels"].tolist())]
+    loss = F.cross_entropy(sampled["caption_logits"], sampled["caption_labels"], reduction="sum")
+    assert torch.allclose(loss, torch.stack(brute).sum(), atol=1e-4)
+
+
+def test_sampled_caption_softmax_updates_only_candidate_rows(tiny_model, tiny_batch):
+    images, texts, targets = tiny_batch
+    torch.manual_seed(3)
+    out = tiny_model(images, texts, targets, caption_negatives=20)
+    F.cross_entropy(out["caption_logits"], out["caption_labels"]).backward()
+    touched = tiny_model.captioner.head.weight.grad.abs().sum(-1).nonzero().flatten().tolist()
+    labels = targets[:, 1:][targets[:, 1:] != 0]
+    assert touched == _sampled_candidates(labels, 32000, 20, seed=3)
+
+
 def test_forward_without_captioner_rejects_targets(tiny_batch):
     images, texts, targets = tiny_batch
     model = clips_tower.create_model("clips-tiny", captioner=False)
@@ -231,5 +266,15 @@ def test_config_round_trip():
 
 
 def test_unknown_model_name_lists_registered():
-    with pytest.raises(KeyError, match="clips-tiny"):
+    with pytest.raises(KeyError, match=r"not a registered name nor a model JSON file.*clips-tiny"):
         clips_tower.create_model("clips-vit-z-99")
+
+
+def test_model_config_from_a_json_path(tmp_path):
+    import json
+
+    cfg = clips_tower.get_model_config("clips-tiny").to_dict()
+    cfg["name"] = "my-variant"
+    (tmp_path / "my.json").write_text(json.dumps(cfg))
+    loaded = clips_tower.get_model_config(str(tmp_path / "my.json"))
+    assert loaded.name == "my-variant" and loaded.to_dict() == cfg

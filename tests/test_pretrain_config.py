@@ -44,6 +44,7 @@ def test_overrides_dotted_bare_equals_and_list_index(tmp_path):
     ("stages: [{steps: 1}]\n", ["--format", "wds"], r"ambiguous, write one of \['data.format', 'eval.format'\]"),
     ("stages: [{steps: 1}]\n", ["--stages.3.steps", "1"], r"not an index of a 1-item list"),
     ("stages: []\n", [], r"at least one stage"),
+    ("stages: [{steps: 1}]\n", ["--loss.caption_negatives", "0"], r"cfg.yaml: loss.caption_negatives must be >= 1"),
 ])
 def test_bad_configs_name_the_key_and_file(tmp_path, text, overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -4,7 +4,6 @@ LLaVA with two towers -> ``report.md`` + ``metrics.json`` + ``retrieval_r1.png``
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,21 +13,22 @@ from clips_tower.io import atomic_write_json
 
 from . import captioner, llava, report, retrieval
 from .data import HELD_OUT_RETRIEVAL, generate_data
-from .pretraining import CLIPS_MODEL, MODELS, WEB_BASELINE, pretrain_model
+from .pretraining import CLIPS_MODEL, WEB_BASELINE, pretrain_all
 from .progress import StageClock
 from .settings import MODEL_CONFIG, DemoSettings
 
 STAGES = ("generate data", "pretrain (4 recipes, same budget)", "zero-shot retrieval", "captioner examples",
           "LLaVA stage 1 + 2 per tower, lmms-eval", "report")
 # Rough share of the run each stage takes (seconds on 2 CPU cores for the default preset): for the ETA.
-STAGE_WEIGHTS = (15, 450, 5, 1, 400, 1)
+STAGE_WEIGHTS = (12, 500, 10, 1, 340, 1)
 LLAVA_TOWERS = (CLIPS_MODEL, WEB_BASELINE)
 
 
 def run_demo(out: str | Path, settings: DemoSettings, seed: int = 0, progress: bool = True, threads: int = 1) -> dict:
     """Run the whole demo into ``out`` with ``settings``; returns the metrics (also written to
     ``out/metrics.json``). Seeds: data and the first training run use ``seed``; further retrieval
-    seeds (``settings.retrieval_seeds``) retrain the four models with ``seed + k``. ``threads``:
+    seeds (``settings.retrieval_seeds``) retrain the four models with ``seed + k``; LLaVA runs use
+    the towers of the first ``settings.llava_seeds`` of them, with LLaVA training seed ``seed + k``. ``threads``:
     torch threads while it runs (1 is fastest for these tiny models on a shared CPU)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -46,15 +46,7 @@ def _run(out: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
     data = generate_data(out / "data", settings, seed)
 
     clock.begin(STAGES[1])
-    runs: dict[str, list[dict]] = {label: [] for label in MODELS}
-    for k in range(settings.retrieval_seeds):
-        for i, (label, recipe) in enumerate(MODELS.items()):
-            print(f"-- pretraining {label} [{recipe}] (model {i + 1}/{len(MODELS)}, seed {seed + k})", flush=True)
-            t0 = time.perf_counter()
-            summary = pretrain_model(recipe, data.shards, out / "runs" / f"{recipe}-seed{seed + k}", settings,
-                                     seed + k, progress)
-            runs[label].append({"seed": seed + k, "recipe": recipe, "model_dir": summary["checkpoint"] + "/model",
-                                "wall_time_s": time.perf_counter() - t0, "final_loss": summary["final_metrics"]["loss"]})
+    runs = pretrain_all(data.shards, out / "runs", settings, seed, progress)
     metrics["pretrain"] = runs
 
     clock.begin(STAGES[2])
@@ -73,23 +65,21 @@ def _run(out: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
 
     clock.begin(STAGES[4])
     llm = llava.build_llm(out / "llava" / "llm", data, seed)
-    trained, times = {}, {}
-    for label in LLAVA_TOWERS:
-        print(f"-- LLaVA stage 1 + 2 with the {label} tower", flush=True)
-        t0 = time.perf_counter()
-        trained[label] = llava.train_llava(f"clips:{runs[label][0]['model_dir']}", llm, data,
-                                           out / "llava" / runs[label][0]["recipe"], settings, seed, progress)
-        times[label] = time.perf_counter() - t0
-    print("-- lmms-eval on the held-out questions (both towers, one process)", flush=True)
-    slugs = {label: runs[label][0]["recipe"] for label in LLAVA_TOWERS}
-    evaluated = llava.lmms_accuracy({slugs[label]: trained[label] for label in LLAVA_TOWERS}, data.tasks,
+    towers = {f"{runs[label][k]['recipe']}-seed{runs[label][k]['seed']}": (label, runs[label][k])
+              for k in range(settings.llava_seeds) for label in LLAVA_TOWERS}
+    trained = llava.train_all({slug: run for slug, (_, run) in towers.items()}, llm, data, out / "llava",
+                              settings, progress)
+    print("-- lmms-eval on the held-out questions (every LLaVA run, one process)", flush=True)
+    evaluated = llava.lmms_accuracy({slug: folder for slug, (folder, _) in trained.items()}, data.tasks,
                                     out / "llava" / "lmms_eval")
-    metrics["llava"] = {}
-    for label in LLAVA_TOWERS:
-        result = evaluated[slugs[label]]
-        metrics["llava"][label] = {"model_dir": str(trained[label]), "scorer": "lmms-eval", "train_time_s": times[label],
-                                   "results": result["results"], "accuracy": result["accuracy"],
-                                   "gqa_by_kind": llava.accuracy_by_kind(Path(result["results"]), data.tasks)}
+    metrics["llava"] = {label: [] for label in LLAVA_TOWERS}
+    for slug, (label, run) in towers.items():
+        result = evaluated[slug]
+        folder, train_time = trained[slug]
+        metrics["llava"][label].append({
+            "tower_seed": run["seed"], "model_dir": str(folder), "scorer": "lmms-eval", "train_time_s": train_time,
+            "results": result["results"], "accuracy": result["accuracy"],
+            "gqa_by_kind": llava.accuracy_by_kind(Path(result["results"]), data.tasks)})
     metrics["llava_eval_questions"] = llava.question_counts(data.tasks)
 
     clock.begin(STAGES[5])

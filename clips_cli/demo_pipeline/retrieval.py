@@ -27,23 +27,27 @@ def evaluate_checkpoint(model_dir: str | Path, dataset_json: Path, progress: boo
 
 
 def summarize(per_seed: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """label -> metric -> ``{"mean", "std", "n"}`` over seeds (std 0 for one seed)."""
+    """label -> metric -> ``{"mean", "std", "n", "values"}`` over seeds (std 0 for one seed;
+    ``values`` in seed order)."""
     out = {}
     for label, runs in per_seed.items():
         out[label] = {}
         for key, _ in COLUMNS:
             values = [r[key] for r in runs]
-            out[label][key] = {"mean": statistics.fmean(values), "n": len(values),
+            out[label][key] = {"mean": statistics.fmean(values), "n": len(values), "values": values,
                                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     return out
 
 
 def retrieval_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """Markdown table, one row per model; cells ``mean`` or ``mean ± std`` over seeds."""
-    lines = ["| model | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    """Markdown table, one row per model; cells ``mean`` or ``mean ± std`` over seeds, and the
+    mean recall of every seed in the last column (the spread at a glance)."""
+    lines = ["| model | " + " | ".join(h for _, h in COLUMNS) + " | mean recall per seed |",
+             "|---|" + "---:|" * len(COLUMNS) + "---|"]
     for label, metrics in summary.items():
         cells = [f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m["n"] > 1 else "")
                  for m in (metrics[k] for k, _ in COLUMNS)]
+        cells.append(", ".join(f"{v:.1f}" for v in metrics["mean_recall"]["values"]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

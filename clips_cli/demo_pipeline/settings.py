@@ -24,7 +24,10 @@ class DemoSettings:
     captions each), ``llava_train_scenes`` / ``llava_eval_scenes`` for the LLaVA part.
     Budgets: ``pretrain_steps`` of ``batch_size`` per model and seed; ``stage1_steps`` /
     ``stage2_steps`` of ``llava_batch_size`` per LLaVA run. ``caption_examples``: captioner
-    outputs shown in the report.
+    outputs shown in the report. ``workers``: processes that train models side by side (one torch
+    thread each; the default machine has 2 cores). ``llava_seeds``: the LLaVA comparison is run
+    with the towers (and LLaVA training seeds) of the first ``llava_seeds`` pretraining seeds
+    (at most ``retrieval_seeds``).
     """
 
     train_samples: int
@@ -39,15 +42,17 @@ class DemoSettings:
     llava_batch_size: int = 32
     caption_examples: int = 4
     image_size: int = 64
+    workers: int = 2
+    llava_seeds: int = 1
 
 
 PRESETS: dict[str, DemoSettings] = {
-    "default": DemoSettings(train_samples=4000, eval_images=300, pretrain_steps=300, batch_size=64,
-                            retrieval_seeds=1, llava_train_scenes=1500, llava_eval_scenes=150,
-                            stage1_steps=60, stage2_steps=100),
+    "default": DemoSettings(train_samples=4000, eval_images=300, pretrain_steps=600, batch_size=64,
+                            retrieval_seeds=2, llava_train_scenes=1500, llava_eval_scenes=150,
+                            stage1_steps=60, stage2_steps=250),
     "quick": DemoSettings(train_samples=128, eval_images=24, pretrain_steps=5, batch_size=16,
-                          retrieval_seeds=1, llava_train_scenes=32, llava_eval_scenes=6,
-                          stage1_steps=2, stage2_steps=3, llava_batch_size=8, caption_examples=2),
+                          retrieval_seeds=2, llava_train_scenes=32, llava_eval_scenes=6,
+                          stage1_steps=2, stage2_steps=3, llava_batch_size=8, caption_examples=2, llava_seeds=2),
 }
 
 
@@ -57,4 +62,8 @@ def get_settings(preset: str = "default", **overrides: int) -> DemoSettings:
         base = PRESETS[preset]
     except KeyError:
         raise ValueError(f"unknown demo preset {preset!r}; choose from {sorted(PRESETS)}") from None
-    return replace(base, **overrides)
+    settings = replace(base, **overrides)
+    if not 1 <= settings.llava_seeds <= settings.retrieval_seeds:
+        raise ValueError(f"llava_seeds must be between 1 and retrieval_seeds ({settings.retrieval_seeds}): the LLaVA "
+                         f"runs use the pretrained towers of those seeds; got {settings.llava_seeds}")
+    return settings
