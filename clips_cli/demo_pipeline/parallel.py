@@ -52,7 +52,7 @@ def _run_logged(fn: Callable[..., Any], args: tuple, log: Path) -> tuple[Any, fl
 def run_jobs(jobs: Sequence[Job], workers: int, desc: str, progress: bool = True) -> dict[str, tuple[Any, float]]:
     """Run ``jobs`` on ``workers`` processes (in the given order: put the longest first). Returns
     ``{job.name: (result, wall seconds)}``; raises :class:`JobError` naming the first job that
-    failed and its log (the other jobs are cancelled)."""
+    failed and its log (jobs not started yet are cancelled, running ones finish first)."""
     from tqdm.auto import tqdm
 
     results: dict[str, tuple[Any, float]] = {}
@@ -61,7 +61,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str, progress: bool = True
     bar = tqdm(total=sum(j.steps * j.cost for j in jobs), desc=desc, disable=not progress,
                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
     # spawn, not fork: the parent has torch (and its thread pools) loaded.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with bar, ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: dict[Future, Job] = {pool.submit(_run_logged, j.fn, j.args, j.log): j for j in jobs}
         while pending:
             finished, _ = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
@@ -77,5 +77,4 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str, progress: bool = True
             done = sum(j.steps * j.cost for j in jobs if j.name in results)
             done += sum(min(j.steps, j.done_steps()) * j.cost for j in pending.values() if j.done_steps is not None)
             bar.update(done - bar.n)
-    bar.close()
     return results
