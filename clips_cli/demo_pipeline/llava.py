@@ -41,11 +41,10 @@ def build_llm(out_dir: Path, data: DemoData, seed: int) -> Path:
     return build_tiny_llm(out_dir, corpus=corpus, vocab_size=2048, hidden_size=128, num_layers=2, num_heads=4, seed=seed)
 
 
-def train_llava(tower: str, llm: Path, data: DemoData, out: Path, s: DemoSettings, seed: int,
-                progress: bool = True) -> Path:
+def train_llava(tower: str, llm: Path, data: DemoData, out: Path, s: DemoSettings, seed: int) -> Path:
     """Assemble ``tower`` (a ``clips:<checkpoint>`` spec) with ``llm``, run stage 1 (projector on
     captions) then stage 2 (projector + LLM on the instruction data); returns the HF LLaVA folder.
-    ``progress``: the HF Trainer's progress bars."""
+    No progress bars: it runs in a worker (:func:`train_all` draws one bar for all runs)."""
     from llava_integration.assemble import assemble_llava
     from llava_integration.train import run_stage
 
@@ -53,7 +52,7 @@ def train_llava(tower: str, llm: Path, data: DemoData, out: Path, s: DemoSetting
     # demo's 2-layer towers that would be a single block: too little of what contrastive training learnt).
     base = assemble_llava(tower, llm, out / "base", vision_feature_layer=-1)
     common = ["--model_name_or_path", str(base), "--image_folder", str(data.llava["images"]),
-              "--per_device_train_batch_size", str(s.llava_batch_size), "--seed", str(seed), "--disable_tqdm", str(not progress), *CPU_FLAGS]
+              "--per_device_train_batch_size", str(s.llava_batch_size), "--seed", str(seed), "--disable_tqdm", "True", *CPU_FLAGS]
     stage1 = run_stage("pretrain", [*common, "--data_path", str(data.llava["captions"]), "--output_dir",
                                     str(out / "stage1"), "--max_steps", str(s.stage1_steps), "--learning_rate", "2e-3"])
     return run_stage("finetune", [*common, "--data_path", str(data.llava["instruct"]), "--output_dir", str(out / "stage2"),
@@ -67,7 +66,7 @@ def train_all(towers: dict[str, dict], llm: Path, data: DemoData, out: Path, s: 
     """:func:`train_llava` for every tower (name -> its pretraining record: ``model_dir``, ``seed``,
     which is also the LLaVA training seed) on ``s.workers`` processes, into ``out/<name>`` (log:
     ``train.log`` there). Returns name -> (HF LLaVA folder, wall seconds)."""
-    jobs = [Job(name, train_llava, (f"clips:{run['model_dir']}", llm, data, out / name, s, run["seed"], False),
+    jobs = [Job(name, train_llava, (f"clips:{run['model_dir']}", llm, data, out / name, s, run["seed"]),
                 out / name / "train.log", s.stage1_steps + s.stage2_steps) for name, run in towers.items()]
     return run_jobs(jobs, s.workers, "LLaVA stage 1 + 2", progress)
 

@@ -65,7 +65,7 @@ def _run(out: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
 
     clock.begin(STAGES[4])
     llm = llava.build_llm(out / "llava" / "llm", data, seed)
-    towers = {f"{runs[label][k]['recipe']}-seed{runs[label][k]['seed']}": (label, runs[label][k])
+    towers = {runs[label][k]["run"]: (label, runs[label][k])
               for k in range(settings.llava_seeds) for label in LLAVA_TOWERS}
     trained = llava.train_all({slug: run for slug, (_, run) in towers.items()}, llm, data, out / "llava",
                               settings, progress)

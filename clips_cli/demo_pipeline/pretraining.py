@@ -26,9 +26,9 @@ WEB_BASELINE, CLIPS_MODEL = "CLIP (web captions)", "CLIPS (web + sub-caption + c
 CLIPS_STEP_COST = 3.0
 
 
-def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, seed: int,
-                   progress: bool = True) -> dict:
-    """Train ``recipe`` on ``shards`` for the demo budget; returns the trainer's summary (its
+def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, seed: int) -> dict:
+    """Train ``recipe`` on ``shards`` for the demo budget, without progress bars (it runs in a
+    worker: :func:`pretrain_all` draws one bar for all runs); returns the trainer's summary (its
     ``checkpoint`` + ``/model`` is a ``clips_tower.load_model`` folder)."""
     from pretrain.config import load_config
     from pretrain.trainer import train
@@ -37,7 +37,7 @@ def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, se
         "--model.name", str(MODEL_CONFIG), "--recipe.name", recipe, "--data.train", str(shards),
         "--data.num_samples", str(s.train_samples), "--stages.0.steps", str(s.pretrain_steps),
         "--train.global_batch_size", str(s.batch_size), "--train.seed", str(seed),
-        "--train.out_dir", str(out_dir), "--train.progress", str(progress).lower(),
+        "--train.out_dir", str(out_dir), "--train.progress", "false",
         "--optim.warmup_steps", str(max(1, s.pretrain_steps // 15)),
     ])
     return train(cfg)
@@ -55,8 +55,8 @@ def _steps_logged(run_dir: Path) -> int:
 def pretrain_all(shards: Path, runs_dir: Path, s: DemoSettings, seed: int, progress: bool = True) -> dict[str, list[dict]]:
     """Every model of :data:`MODELS` with seeds ``seed .. seed + s.retrieval_seeds - 1`` on
     ``s.workers`` processes, into ``runs_dir/<recipe>-seed<k>`` (each with its ``train.log``).
-    Returns label -> one record per seed: ``seed``, ``recipe``, ``model_dir``, ``wall_time_s``,
-    ``final_loss``."""
+    Returns label -> one record per seed: ``run`` (the run folder's name), ``seed``, ``recipe``,
+    ``model_dir``, ``wall_time_s``, ``final_loss``."""
     seeds = range(seed, seed + s.retrieval_seeds)
     # CLIPS (captioner) runs are the longest: start them first so the workers finish together.
     order = sorted(MODELS.items(), key=lambda item: item[0] != CLIPS_MODEL)
@@ -65,14 +65,14 @@ def pretrain_all(shards: Path, runs_dir: Path, s: DemoSettings, seed: int, progr
         for k in seeds:
             run_dir = runs_dir / f"{recipe}-seed{k}"
             name = f"{recipe} seed {k}"
-            where[name] = (label, recipe, k)
-            jobs.append(Job(name, pretrain_model, (recipe, shards, run_dir, s, k, False), run_dir / "train.log",
+            where[name] = (label, recipe, k, run_dir.name)
+            jobs.append(Job(name, pretrain_model, (recipe, shards, run_dir, s, k), run_dir / "train.log",
                             s.pretrain_steps, lambda d=run_dir: _steps_logged(d),
                             CLIPS_STEP_COST if label == CLIPS_MODEL else 1.0))
     done = run_jobs(jobs, s.workers, "pretraining", progress)
     runs: dict[str, list[dict]] = {label: [] for label in MODELS}
     for name, (summary, wall) in sorted(done.items(), key=lambda kv: where[kv[0]][2]):
-        label, recipe, k = where[name]
-        runs[label].append({"seed": k, "recipe": recipe, "model_dir": summary["checkpoint"] + "/model",
+        label, recipe, k, run = where[name]
+        runs[label].append({"run": run, "seed": k, "recipe": recipe, "model_dir": summary["checkpoint"] + "/model",
                             "wall_time_s": wall, "final_loss": summary["final_metrics"]["loss"]})
     return runs
