@@ -1,8 +1,9 @@
 """Typed model configuration: dataclasses loaded strictly from small JSON files.
 
 A config is data, not code: every named model is one JSON file in ``model_configs/`` and every
-field is declared here. Unknown keys and wrong types are errors that name the key and the file,
-so a typo never silently falls back to a default.
+field is declared here. Loading goes through the project's one strict loader
+(:mod:`clips_tower.schema`): unknown keys, wrong types, wrong tuple lengths are errors that name
+the key and the file, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -10,19 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .schema import ConfigError, build_dataclass  # ConfigError: re-exported, its historical home
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ACTIVATIONS = ("gelu", "gelu_tanh")
-
-
-class ConfigError(ValueError):
-    """A configuration file or dict does not match the declared schema."""
 
 
 @dataclass(frozen=True)
@@ -134,55 +131,12 @@ def _check_common(cfg: Any, section: str) -> None:
         raise ConfigError(f"{section}.act must be one of {ACTIVATIONS}, got {cfg.act!r}")
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check/convert one JSON value against a dataclass field annotation."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        item = typing.get_args(annotation)[0]
-        return tuple(_coerce(v, item, where) for v in value)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is str and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls: Any, data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where}: {e}") from None
-
-
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> CLIPSConfig:
     """Build a :class:`CLIPSConfig` from a dict, rejecting unknown keys and wrong types.
 
     ``source`` (a file name) is put into every error message.
     """
-    return _build(CLIPSConfig, data, source)
+    return build_dataclass(CLIPSConfig, data, source)
 
 
 def load_config(path: str | Path) -> CLIPSConfig:

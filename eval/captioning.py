@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from pretrain.data.errors import MALFORMED_RECORD, caption_problem
+
 from .data import BadEntriesError, BadEntry, FileImage, check_image
 from .embedding import inference, iter_image_batches
 
@@ -43,10 +45,6 @@ class CaptionDataset:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def _text_ok(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
 
 
 def load_caption_dataset(path: str | Path, image_root: str | Path | None = None, *, skip_bad: bool = False,
@@ -71,13 +69,13 @@ def load_caption_dataset(path: str | Path, image_root: str | Path | None = None,
     for entry, obj in rows:
         if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
             detail = f"invalid JSON: {obj}" if isinstance(obj, Exception) else "missing 'image' path"
-            problems.append(BadEntry(entry, "malformed entry", detail))
+            problems.append(BadEntry(entry, MALFORMED_RECORD, detail))
             continue
-        if not _text_ok(obj.get("web_caption")):
-            problems.append(BadEntry(entry, "bad caption", f"web_caption {obj.get('web_caption')!r:.80}"))
-            continue
-        if has_refs and not _text_ok(obj.get("synthetic_caption")):
-            problems.append(BadEntry(entry, "bad caption", f"synthetic_caption {obj.get('synthetic_caption')!r:.80}"))
+        fields = ("web_caption", "synthetic_caption") if has_refs else ("web_caption",)
+        bad = [(k, reason) for k in fields if (reason := caption_problem(obj.get(k)))]
+        if bad:
+            k, reason = bad[0]
+            problems.append(BadEntry(entry, reason, f"{k} {obj.get(k)!r:.80}"))
             continue
         image = FileImage(root / obj["image"])
         bad_image = check_image(image) if check_images else None

@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import IMAGE_EXTENSIONS, BadEntriesError, BadEntry, FileImage, check_image
+from pretrain.data.errors import IMAGE_EXTENSIONS, UNKNOWN_LABEL
+
+from .data import BadEntriesError, BadEntry, FileImage, check_image
 from .embedding import embed_images, embed_texts
 from .retrieval import recall_at_k, target_ranks
 
@@ -77,7 +79,7 @@ def _read_csv(path: Path, classnames: list[str] | None, image_root: Path | None)
     items = []
     for lineno, row in rows:
         label = lookup.get((row["label"] or "").strip())
-        problem = None if label is not None else BadEntry(f"{path}:{lineno}", "unknown label", repr(row["label"]))
+        problem = None if label is not None else BadEntry(f"{path}:{lineno}", UNKNOWN_LABEL, repr(row["label"]))
         items.append((FileImage(root / (row["image"] or "")), label, problem))
     return items, names
 

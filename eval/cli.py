@@ -76,7 +76,8 @@ def _add_retrieval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrieval", help="zero-shot image<->text retrieval (R@1/5/10)")
     p.add_argument("--data", required=True,
                    help="Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json), a JSONL of "
-                        "{image, captions}, or webdataset shards (.tar, brace pattern or folder)")
+                        "{image, captions}, or webdataset shards (any training shard spec: .tar, brace pattern, "
+                        "folder, '::' list, pipe:CMD, URL)")
     p.add_argument("--image-root", default=None, help="folder the image paths are relative to (default: the file's folder)")
     p.add_argument("--split", default="test", help="Karpathy split to evaluate")
     p.add_argument("--format", default=None, choices=["karpathy", "jsonl", "wds"], help="default: from the path")

@@ -7,17 +7,22 @@ Three on-disk formats, picked by :func:`detect_format` (or ``fmt=``):
   images live at ``image_root/filepath/filename`` (COCO) or ``image_root/filename`` (Flickr30k).
 - ``jsonl``: one ``{"image": path, "captions": [str, ...]}`` object per line, paths relative to
   ``image_root`` (default: the file's folder).
-- ``wds``: webdataset tar shards (a ``.tar``, a brace pattern ``shards-{000..009}.tar`` or a
-  folder of ``.tar`` files); a sample is the members sharing a key: one image (``.jpg``, ``.png``,
-  ...) and its captions, either ``.txt`` (one caption per non-empty line) or ``.json``
-  (``{"captions": [...]}``). Images are read lazily straight from the tar at their byte offset.
+- ``wds``: webdataset tar shards, any spec training reads (:func:`pretrain.data.sources.expand_urls`:
+  a ``.tar``, a brace pattern ``shards-{000..009}.tar``, a folder of ``.tar`` files, lists joined
+  by ``::``, ``pipe:CMD`` streams, URLs), read by the same webdataset reader as training
+  (:func:`pretrain.data.sources.read_tar_samples`); a sample is the members sharing a key: one
+  image (an extension of :data:`IMAGE_EXTENSIONS`) and its captions, either ``.txt`` (one caption
+  per non-empty line) or ``.json`` (``{"captions": [...]}``). The encoded image bytes are kept in
+  memory (a stream cannot be re-read), decoded on access: about 0.8 GB for COCO's 5k test images.
 
 Every entry is checked when the set is loaded: image present and its header decodable, every
 caption a non-empty string, at least one caption per image. Problems raise
 :class:`BadEntriesError` naming every bad entry, because a metric over a silently shrunken set is
 wrong; ``skip_bad=True`` drops them instead (a bad caption alone, or a bad image with its
 captions) and records them in :attr:`RetrievalDataset.skipped`. Images whose pixels fail to decode
-later (e.g. truncated files) are handled the same way by the evaluation pass.
+later (e.g. truncated files) are handled the same way by the evaluation pass. Reasons are the
+project's one bad-sample vocabulary (:data:`pretrain.data.errors.REASONS`: ``missing_image``,
+``unreadable_image``, ``missing_caption``, ``empty_caption``, ``malformed_record``, ...).
 """
 
 from __future__ import annotations
@@ -25,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
@@ -34,18 +37,25 @@ from typing import Callable, Iterable, Sequence, Union
 import torch
 from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
-CAPTION_EXTENSIONS = frozenset({"txt", "json"})
+from pretrain.data.errors import (IMAGE_EXTENSIONS, MALFORMED_RECORD, MISSING_CAPTION, NOT_UTF8, BadSample,
+                                  caption_problem, check_reason, image_header_problem)
+from pretrain.data.sources import expand_urls, is_local, read_tar_samples
+
+CAPTION_EXTENSIONS = ("txt", "json")
 
 
 @dataclasses.dataclass(frozen=True)
 class BadEntry:
     """One unusable entry of an eval set: ``entry`` names it (file:line, image path, shard:key),
-    ``reason`` is a short category used for counting, ``detail`` the underlying error."""
+    ``reason`` (one of :data:`pretrain.data.errors.REASONS`) is used for counting, ``detail`` the
+    underlying error."""
 
     entry: str
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        check_reason(self.reason)
 
     def __str__(self) -> str:
         return f"{self.entry}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
@@ -88,41 +98,30 @@ class FileImage:
         """The decoded PIL image (any mode; transforms convert to RGB)."""
         return _open_loaded(self.path)
 
-    def check(self) -> None:
-        """Raise if the file is missing or its header is not an image (cheap: no pixel decode)."""
-        with Image.open(self.path):
-            pass
+    def header_problem(self) -> tuple[str, str] | None:
+        """``(reason, detail)`` if the file is missing or its header is not an image, else None."""
+        return image_header_problem(self.path)
 
 
 @dataclasses.dataclass(frozen=True)
 class TarMemberImage:
-    """An image stored in a tar shard at byte ``offset`` (``size`` bytes), read without untarring."""
+    """An image member ``key`` of tar shard ``shard`` (a path or URL), held as its encoded bytes."""
 
-    shard: Path
+    shard: str
     key: str
-    offset: int
-    size: int
+    data: bytes = dataclasses.field(repr=False)
 
     @property
     def name(self) -> str:
         return f"{self.shard}:{self.key}"
 
-    def read_bytes(self) -> bytes:
-        with open(self.shard, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
-        if len(data) != self.size:
-            raise OSError(f"shard truncated: read {len(data)} of {self.size} bytes")
-        return data
-
     def open(self) -> Image.Image:
         """The decoded PIL image."""
-        return _open_loaded(io.BytesIO(self.read_bytes()))
+        return _open_loaded(io.BytesIO(self.data))
 
-    def check(self) -> None:
-        """Raise if the member's bytes are not an image header."""
-        with Image.open(io.BytesIO(self.read_bytes())):
-            pass
+    def header_problem(self) -> tuple[str, str] | None:
+        """``(reason, detail)`` if the bytes do not start with an image header, else None."""
+        return image_header_problem(io.BytesIO(self.data))
 
 
 ImageRef = Union[FileImage, TarMemberImage]
@@ -130,13 +129,8 @@ ImageRef = Union[FileImage, TarMemberImage]
 
 def check_image(image: ImageRef) -> BadEntry | None:
     """``None`` if the image exists and its header decodes, else the problem (no pixel decode)."""
-    try:
-        image.check()
-    except FileNotFoundError:
-        return BadEntry(image.name, "missing image")
-    except Exception as e:  # PIL raises many types for undecodable data; each is a bad entry
-        return BadEntry(image.name, "unreadable image", f"{type(e).__name__}: {e}")
-    return None
+    problem = image.header_problem()
+    return BadEntry(image.name, *problem) if problem else None
 
 
 @dataclasses.dataclass
@@ -194,15 +188,16 @@ class _Record:
 def _split_captions(entry: str, captions: object) -> tuple[list[str], list[BadEntry]]:
     """(usable captions, problems): a bad caption is dropped alone; none usable drops the image."""
     if not isinstance(captions, list) or not captions:
-        return [], [BadEntry(entry, "no captions", f"expected a non-empty list, got {captions!r:.80}")]
+        return [], [BadEntry(entry, MISSING_CAPTION, f"expected a non-empty list, got {captions!r:.80}")]
     good, problems = [], []
     for k, c in enumerate(captions):
-        if isinstance(c, str) and c.strip():
-            good.append(c.strip())
+        reason = caption_problem(c)
+        if reason:
+            problems.append(BadEntry(f"{entry} caption {k}", reason, f"{c!r:.80}"))
         else:
-            problems.append(BadEntry(f"{entry} caption {k}", "bad caption", f"{c!r:.80}"))
+            good.append(c.strip())
     if not good:
-        problems.append(BadEntry(entry, "no captions", "every caption is bad"))
+        problems.append(BadEntry(entry, MISSING_CAPTION, "every caption is bad"))
     return good, problems
 
 
@@ -242,7 +237,7 @@ def _read_karpathy(path: Path, image_root: Path | None, split: str) -> tuple[lis
     for k, item in enumerate(data["images"]):
         entry = f"{path}:images[{k}]"
         if not isinstance(item, dict) or "filename" not in item:
-            records.append(_Record(entry, None, [], BadEntry(entry, "malformed entry", "missing 'filename'")))
+            records.append(_Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, "missing 'filename'")))
             continue
         splits[item.get("split")] += 1
         if item.get("split") != split:
@@ -271,10 +266,10 @@ def _read_jsonl(path: Path, image_root: Path | None, split: str) -> tuple[list[_
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                records.append(_Record(entry, None, [], BadEntry(entry, "malformed entry", f"invalid JSON: {e}")))
+                records.append(_Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, f"invalid JSON: {e}")))
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
-                records.append(_Record(entry, None, [], BadEntry(entry, "malformed entry", "missing 'image' path")))
+                records.append(_Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, "missing 'image' path")))
                 continue
             records.append(_Record(entry, FileImage(root / obj["image"]), obj.get("captions")))
     if not records:
@@ -282,26 +277,13 @@ def _read_jsonl(path: Path, image_root: Path | None, split: str) -> tuple[list[_
     return records, None
 
 
-# webdataset's key rule: the key is the member path up to the first dot of its base name.
-_WDS_KEY = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")
-
-
-def expand_shards(pattern: str | Path) -> list[Path]:
-    """Shard paths of a ``.tar`` file, a brace pattern (``a-{000..009}.tar``) or a folder of ``.tar``."""
-    p = Path(pattern)
-    if p.is_dir():
-        shards = sorted(p.glob("*.tar"))
-    elif "{" in str(pattern):
-        import braceexpand
-
-        shards = [Path(s) for s in braceexpand.braceexpand(str(pattern))]
-    else:
-        shards = [p]
-    if not shards:
-        raise ValueError(f"{pattern}: no .tar shards found")
-    missing = [str(s) for s in shards if not s.is_file()]
+def expand_shards(spec: str | Path) -> list[str]:
+    """Shard URLs of a spec (:func:`pretrain.data.sources.expand_urls`: a ``.tar``, brace
+    patterns, ``::`` lists, ``pipe:`` streams, URLs, a folder of ``.tar``); local shards must exist."""
+    shards = expand_urls(str(spec), ".tar")
+    missing = [s for s in shards if is_local(s) and not Path(s).is_file()]
     if missing:
-        raise FileNotFoundError(f"{pattern}: shards not found: {missing}")
+        raise FileNotFoundError(f"{spec}: shards not found: {missing}")
     return shards
 
 
@@ -313,51 +295,47 @@ def _wds_captions(data: bytes, ext: str) -> object:
     return obj.get("captions") if isinstance(obj, dict) else None
 
 
-def _read_wds(pattern: Path, image_root: Path | None, split: str) -> tuple[list[_Record], str | None]:
+def _wds_record(shard: str, sample: dict) -> _Record:
+    """One webdataset sample (``{"__key__", ext: bytes}``) as a record to validate."""
+    entry = f"{shard}:{sample['__key__']}"
+    images = [TarMemberImage(shard, sample["__key__"], sample[e]) for e in IMAGE_EXTENSIONS if e in sample]
+    caps = [e for e in CAPTION_EXTENSIONS if e in sample]
+    if len(images) != 1:
+        return _Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, f"{len(images)} image members (expected 1)"))
+    if len(caps) != 1:
+        return _Record(entry, images[0], [], BadEntry(entry, MISSING_CAPTION if not caps else MALFORMED_RECORD,
+                                                       f"{len(caps)} caption members (expected one .txt or .json)"))
+    try:
+        captions = _wds_captions(sample[caps[0]], caps[0])
+    except UnicodeDecodeError as e:
+        return _Record(entry, images[0], [], BadEntry(entry, NOT_UTF8, f"{caps[0]}: {e}"))
+    except json.JSONDecodeError as e:
+        return _Record(entry, images[0], [], BadEntry(entry, MALFORMED_RECORD, f"{caps[0]}: {e}"))
+    return _Record(entry, images[0], captions)
+
+
+def _read_wds(spec: str, image_root: Path | None, split: str) -> tuple[list[_Record], str | None]:
     records = []
-    for shard in expand_shards(pattern):
-        samples: dict[str, dict] = {}
-        try:
-            with tarfile.open(shard, "r:") as tar:
-                for m in tar:
-                    match = _WDS_KEY.match(m.name)
-                    if not m.isfile() or not match:
-                        continue
-                    key, ext = match.group(1), match.group(2).lower()
-                    sample = samples.setdefault(key, {})
-                    if ext in IMAGE_EXTENSIONS:
-                        sample.setdefault("images", []).append(TarMemberImage(shard, key, m.offset_data, m.size))
-                    elif ext in CAPTION_EXTENSIONS:
-                        try:
-                            sample.setdefault("captions", []).append(_wds_captions(tar.extractfile(m).read(), ext))
-                        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                            sample["problem"] = f"{m.name}: {type(e).__name__}: {e}"
-        except tarfile.TarError as e:
-            raise ValueError(f"{shard}: not a readable tar shard ({e})") from None
-        for key, s in samples.items():
-            entry = f"{shard}:{key}"
-            images, caps = s.get("images", []), s.get("captions", [])
-            problem = None
-            if "problem" in s:
-                problem = BadEntry(entry, "bad caption", s["problem"])
-            elif len(images) != 1:
-                problem = BadEntry(entry, "malformed entry", f"{len(images)} image members (expected 1)")
-            elif len(caps) != 1:
-                problem = BadEntry(entry, "no captions" if not caps else "malformed entry",
-                                   f"{len(caps)} caption members (expected one .txt or .json)")
-            records.append(_Record(entry, images[0] if images else None, caps[0] if len(caps) == 1 else [], problem))
+    for shard in expand_shards(spec):
+        for sample in read_tar_samples(shard):
+            if isinstance(sample, BadSample):  # the archive is damaged: the set would silently shrink
+                raise ValueError(f"{shard}: not a readable tar shard ({sample.detail})")
+            records.append(_wds_record(shard, sample))
     if not records:
-        raise ValueError(f"{pattern}: the shards hold no samples")
+        raise ValueError(f"{spec}: the shards hold no samples")
     return records, None
 
 
-Reader = Callable[[Path, "Path | None", str], "tuple[list[_Record], str | None]"]
+Reader = Callable[["Path | str", "Path | None", str], "tuple[list[_Record], str | None]"]
 FORMATS: dict[str, Reader] = {"karpathy": _read_karpathy, "jsonl": _read_jsonl, "wds": _read_wds}
 
 
 def detect_format(path: str | Path) -> str:
-    """``"karpathy"`` for ``.json``, ``"jsonl"`` for ``.jsonl``, ``"wds"`` for tar shards/folders."""
+    """``"karpathy"`` for ``.json``, ``"jsonl"`` for ``.jsonl``, ``"wds"`` for tar shards, folders,
+    brace patterns, ``::`` lists and ``pipe:`` streams."""
     p = str(path)
+    if p.startswith("pipe:") or "::" in p:
+        return "wds"
     if p.endswith(".jsonl"):
         return "jsonl"
     if p.endswith(".json"):
@@ -386,13 +364,15 @@ def load_retrieval_dataset(
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; choose from {sorted(FORMATS)}")
-    path = Path(path)
-    if fmt != "wds" and not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
-    records, name = FORMATS[fmt](path, Path(image_root) if image_root else None, split)
+    source = str(path)
+    if fmt != "wds":  # a shard spec stays a string: Path() would mangle "pipe:" commands and URLs
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+    records, name = FORMATS[fmt](path if fmt != "wds" else source, Path(image_root) if image_root else None, split)
     good, problems = _validate_records(records, check_images)
     if problems and not skip_bad:
-        raise BadEntriesError(str(path), problems)
+        raise BadEntriesError(source, problems)
     if not good:
-        raise ValueError(f"{path}: every entry is bad ({len(problems)} skipped)")
-    return RetrievalDataset([r.image for r in good], [r.captions for r in good], str(path), name, problems)
+        raise ValueError(f"{source}: every entry is bad ({len(problems)} skipped)")
+    return RetrievalDataset([r.image for r in good], [r.captions for r in good], source, name, problems)

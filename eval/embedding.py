@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from pretrain.data.errors import UNREADABLE_IMAGE
+
 from .data import BadEntry, ImageRef
 
 
@@ -62,13 +64,13 @@ def iter_image_batches(
     """Decode and transform ``images`` in batches (decoding in ``num_workers`` loader processes).
 
     Yields (indices of the decoded images, pixels [b,3,H,W]). Images that fail to decode are
-    appended to ``failed`` (reason ``"unreadable image"``) instead of stopping the pass, so one
+    appended to ``failed`` (reason ``unreadable_image``) instead of stopping the pass, so one
     run lists every bad image.
     """
     loader = DataLoader(_DecodedImages(images, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
     for idx, pixels, bad in tqdm(loader, desc="images", unit="batch", disable=not progress):
-        failed.extend(BadEntry(images[i].name, "unreadable image", err) for i, err in bad)
+        failed.extend(BadEntry(images[i].name, UNREADABLE_IMAGE, err) for i, err in bad)
         if pixels is not None:
             yield idx, pixels
 

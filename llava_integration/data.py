@@ -27,6 +27,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pretrain.data.errors import (IMAGE_PLACEHOLDER_MISMATCH, LABEL_MISMATCH, MALFORMED_CONVERSATION,
+                                  MALFORMED_RECORD, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE, image_header_problem)
+
 from .conversation import (ConversationError, Rendered, Template, count_image_placeholders,
                            validate_turns)
 
@@ -34,14 +37,9 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 POLICIES = ("error", "skip")
-# Problem reasons, in the order they are checked (a sample is reported under its first problem).
-MALFORMED_RECORD = "malformed_record"
-MALFORMED_CONVERSATION = "malformed_conversation"
-IMAGE_PLACEHOLDER_MISMATCH = "image_placeholder_mismatch"
-MISSING_IMAGE = "missing_image"
-UNREADABLE_IMAGE = "unreadable_image"
-LABEL_MISMATCH = "label_mismatch"
-TOO_LONG = "too_long"
+# Problem reasons (the project's one bad-sample vocabulary), checked in this order: a sample is
+# reported under its first problem: MALFORMED_RECORD, MALFORMED_CONVERSATION,
+# IMAGE_PLACEHOLDER_MISMATCH, MISSING_IMAGE / UNREADABLE_IMAGE, LABEL_MISMATCH, TOO_LONG.
 
 
 class DataCheckError(ValueError):
@@ -125,14 +123,8 @@ def load_image(path: str | Path, image_processor: Any, aspect: str = "pad") -> t
 
 def _image_problem(path: Path) -> str | None:
     """``None`` if ``path`` is a readable image, else the problem reason."""
-    if not path.is_file():
-        return MISSING_IMAGE
-    try:
-        with Image.open(path) as im:  # reads the header only
-            im.size
-    except (OSError, ValueError):
-        return UNREADABLE_IMAGE
-    return None
+    problem = image_header_problem(path)
+    return problem[0] if problem else None
 
 
 def image_seq_length(processor: Any) -> int:

@@ -2,7 +2,8 @@
 
     cfg = load_config("pretrain/configs/clips-tiny.yaml", ["--train.out_dir", "runs/x", "--lr", "5e-4"])
 
-- Unknown keys and wrong types are errors naming the key and the file.
+- Unknown keys and wrong types are errors naming the key and the file (the project's one strict
+  loader, :mod:`clips_tower.schema`, shared with the model configs).
 - Overrides: ``--a.b value`` or ``--a.b=value`` (a dotted path; list items by index, e.g.
   ``--stages.1.steps 500``), or ``--name value`` for a field name that exists in exactly one
   section (``--lr`` = ``--optim.lr``). Values are YAML (``--stages '[{steps: 10}]'``); dashes in
@@ -17,7 +18,6 @@ through them in order (CLIPA-style low-resolution pretraining then high-resoluti
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +25,13 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+# ConfigError is the project's one config error (re-exported here, its historical home for run configs).
+from clips_tower.schema import ConfigError, build_dataclass
+
+from .data.errors import IMAGE_EXTENSIONS
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A pretraining config does not match the schema (message names the key and the file)."""
 
 
 @dataclass
@@ -74,7 +75,7 @@ class DataSection:
     image_root: str | None = None
     web_key: str = "org_caption"
     synthetic_key: str = "re_caption"
-    image_exts: tuple[str, ...] = ("jpg", "png", "webp")
+    image_exts: tuple[str, ...] = IMAGE_EXTENSIONS
     image_column: str = "image"
     key_column: str = "key"
     num_samples: int | None = None
@@ -238,71 +239,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------------- strict loading
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a schema bug, not a user error
-
-
-def _build(cls: Any, data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {names}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where}: missing required key(s) {missing}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
-
-
 def _validate(cfg: PretrainConfig, source: str) -> None:
     from .losses import CONTRASTIVE_LOSSES
     from .optim import SCHEDULES
@@ -348,7 +284,7 @@ def _validate(cfg: PretrainConfig, source: str) -> None:
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> PretrainConfig:
     """Build and validate a :class:`PretrainConfig` from a dict (``source`` names it in errors)."""
-    cfg = _build(PretrainConfig, data, source)
+    cfg = build_dataclass(PretrainConfig, data, source, float_strings=True)
     _validate(cfg, source)
     return cfg
 

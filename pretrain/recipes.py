@@ -96,21 +96,36 @@ def _mixture(c: Captions, tok, rng, strategy, budget, web_fraction):
     return {"text": _pieces(c.web if rng.random() < web_fraction else c.synthetic, tok)}
 
 
-# name -> (text maker, default contrastive weights, captioner by default, captions needed)
-RECIPES: dict[str, tuple[Callable, dict[str, float], bool, frozenset[str]]] = {
-    "clips": (_clips, {"web": 0.5, "sub": 0.5}, True, frozenset({"web", "synthetic"})),
-    "clip-web": (_clip_web, {"web": 1.0}, False, frozenset({"web"})),
-    "clip-synthetic-full": (_clip_synthetic_full, {"synthetic": 1.0}, False, frozenset({"synthetic"})),
-    "clip-synthetic-partial": (_clip_synthetic_partial, {"sub": 1.0}, False, frozenset({"synthetic"})),
-    "mixture": (_mixture, {"text": 1.0}, False, frozenset({"web", "synthetic"})),
-}
+DEFAULT_STRATEGY, DEFAULT_TOKENS, DEFAULT_WEB_FRACTION = "subcaption", 32, 0.8
+
+
+def _bind(maker: Callable, strategy: str, budget: int, web_fraction: float) -> Callable:
+    """The recipe's ``make_texts``: ``maker`` with its sampling settings bound (picklable)."""
+    return functools.partial(maker, strategy=get_strategy(strategy), budget=budget, web_fraction=web_fraction)
+
+
+def _default(name: str, weights: dict[str, float], captioner: bool, needs: set[str], maker: Callable) -> Recipe:
+    return Recipe(name, weights, captioner, frozenset(needs),
+                  _bind(maker, DEFAULT_STRATEGY, DEFAULT_TOKENS, DEFAULT_WEB_FRACTION))
+
+
+# The registry: every recipe with its defaults (contrastive weights, captioner, captions needed,
+# the default strategy/K/web fraction); each entry is a usable :class:`Recipe`, equal in output to
+# ``build_recipe(name)``, and :func:`build_recipe` configures others from it.
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    _default("clips", {"web": 0.5, "sub": 0.5}, True, {"web", "synthetic"}, _clips),
+    _default("clip-web", {"web": 1.0}, False, {"web"}, _clip_web),
+    _default("clip-synthetic-full", {"synthetic": 1.0}, False, {"synthetic"}, _clip_synthetic_full),
+    _default("clip-synthetic-partial", {"sub": 1.0}, False, {"synthetic"}, _clip_synthetic_partial),
+    _default("mixture", {"text": 1.0}, False, {"web", "synthetic"}, _mixture),
+)}
 
 
 def build_recipe(
     name: str,
-    strategy: str = "subcaption",
-    budget: int = 32,
-    web_fraction: float = 0.8,
+    strategy: str = DEFAULT_STRATEGY,
+    budget: int = DEFAULT_TOKENS,
+    web_fraction: float = DEFAULT_WEB_FRACTION,
     captioner: bool | None = None,
     text_weights: Mapping[str, float] | None = None,
 ) -> Recipe:
@@ -122,14 +137,15 @@ def build_recipe(
     (must name exactly the recipe's texts).
     """
     try:
-        maker, weights, use_captioner, needs = RECIPES[name]
+        base = RECIPES[name]
     except KeyError:
         raise KeyError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}") from None
+    weights, use_captioner, needs = dict(base.text_weights), base.captioner, base.needs
     if budget < 1:
         raise ValueError(f"recipe budget (tokens K) must be >= 1, got {budget}")
     if not 0.0 <= web_fraction <= 1.0:
         raise ValueError(f"web_fraction must be in [0, 1], got {web_fraction}")
-    make = functools.partial(maker, strategy=get_strategy(strategy), budget=budget, web_fraction=web_fraction)
+    make = _bind(base.make_texts, strategy, budget, web_fraction)  # rebinds the defaults
     if captioner is not None:
         use_captioner = captioner
     if text_weights is not None:

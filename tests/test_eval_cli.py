@@ -54,12 +54,12 @@ def test_retrieval_cli_bad_entries_fail_or_are_counted(tmp_path, capsys):
             "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "4 bad entries" in err and "img_0001.jpg: missing image" in err and "img_0002.jpg: unreadable image" in err
+    assert "4 bad entries" in err and "img_0001.jpg: missing_image" in err and "img_0002.jpg: unreadable_image" in err
     assert not (tmp_path / "out" / "retrieval.json").exists()
     assert main(args + ["--skip-bad"]) == 0
     entry = json.loads((tmp_path / "out" / "retrieval.json").read_text())["models"]["clips-tiny"]
     assert entry["metrics"]["skipped"] == 4 and entry["metrics"]["num_images"] == 3
-    assert entry["skipped_by_reason"] == {"missing image": 1, "unreadable image": 1, "bad caption": 1, "no captions": 1}
+    assert entry["skipped_by_reason"] == {"missing_image": 1, "unreadable_image": 1, "empty_caption": 1, "missing_caption": 1}
     with Image.open(tmp_path / "out" / "retrieval.png") as png:  # one model: curves only
         assert png.size == (1000, 400)
 

@@ -95,12 +95,36 @@ def test_jsonl_and_webdataset_formats_hold_the_same_set(tmp_path):
                 tar.addfile(info, io.BytesIO(data))
     (tmp_path / "set.jsonl").write_text("\n".join(lines) + "\n")
     jl = load_retrieval_dataset(tmp_path / "set.jsonl")
-    for wds_path in (shard, tmp_path, str(tmp_path / "shard-{000..000}.tar")):
+    # every shard spec training reads (pretrain.data.sources.expand_urls), pipe: streams included
+    for wds_path in (shard, tmp_path, str(tmp_path / "shard-{000..000}.tar"), f"pipe:cat {shard}"):
         wds = load_retrieval_dataset(wds_path)
         assert wds.captions == jl.captions
-        for i in range(5):  # lazily read straight from the tar at the member's offset
+        for i in range(5):  # decoded on access from the member's bytes
             np.testing.assert_array_equal(np.asarray(wds[i]), np.asarray(jl[i]))
-    assert wds.images[3].name == f"{shard}:s/003"
+    assert wds.images[3].name == f"pipe:cat {shard}:s/003"
+    both = load_retrieval_dataset(f"{shard}::pipe:cat {shard}")  # a '::' list of two copies
+    assert both.captions == jl.captions * 2 and both.images[3].name == f"{shard}:s/003"
+
+
+def test_webdataset_spec_errors_name_the_shard(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"shards not found: \[.*gone-001.tar"):
+        load_retrieval_dataset(str(tmp_path / "gone-{000..001}.tar"))
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as tar:
+        for name, data in {"a.png": _png(scene("red", "circle")), "a.txt": b"a red circle"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.read_bytes()[:700])  # inside the first member's data
+    with pytest.raises(ValueError, match=r"cut.tar: not a readable tar shard"):
+        load_retrieval_dataset(f"pipe:cat {cut}", fmt="wds")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _corrupt_set(tmp_path: Path) -> Path:
@@ -120,10 +144,10 @@ def test_bad_entries_are_all_listed(tmp_path):
         load_retrieval_dataset(path)
     msg = str(err.value)
     assert "4 bad entries" in msg and "--skip-bad" in msg
-    assert f"{tmp_path / 'val2014' / 'img_0001.jpg'}: missing image" in msg
-    assert f"{tmp_path / 'val2014' / 'img_0002.jpg'}: unreadable image" in msg
-    assert "images[3] (img_0003.jpg) caption 1: bad caption" in msg
-    assert "images[4] (img_0004.jpg): no captions" in msg
+    assert f"{tmp_path / 'val2014' / 'img_0001.jpg'}: missing_image" in msg
+    assert f"{tmp_path / 'val2014' / 'img_0002.jpg'}: unreadable_image" in msg
+    assert "images[3] (img_0003.jpg) caption 1: empty_caption" in msg
+    assert "images[4] (img_0004.jpg): missing_caption" in msg
     assert len(err.value.problems) == 4
 
 
@@ -132,7 +156,7 @@ def test_skip_bad_drops_and_counts(tmp_path):
     # images 1, 2 and 4 are dropped; image 3 keeps its two good captions
     assert [im.path.name for im in ds.images] == ["img_0000.jpg", "img_0003.jpg", "img_0005.jpg"]
     assert [len(c) for c in ds.captions] == [3, 2, 3]
-    assert sorted(p.reason for p in ds.skipped) == ["bad caption", "missing image", "no captions", "unreadable image"]
+    assert sorted(p.reason for p in ds.skipped) == ["empty_caption", "missing_caption", "missing_image", "unreadable_image"]
 
 
 def _write_truncated_jpeg(path: Path) -> None:
@@ -147,11 +171,11 @@ def test_truncated_image_fails_the_eval_pass_unless_skip_bad(tmp_path, tiny_mode
     path = write_karpathy(tmp_path, n_test=5, per_image=2)
     _write_truncated_jpeg(tmp_path / "val2014" / "img_0003.jpg")
     ds = load_retrieval_dataset(path)  # the header check passes
-    with pytest.raises(BadEntriesError, match=r"(?s)1 bad entry.*img_0003.jpg: unreadable image \(OSError: image file is truncated"):
+    with pytest.raises(BadEntriesError, match=r"(?s)1 bad entry.*img_0003.jpg: unreadable_image \(OSError: image file is truncated"):
         evaluate_retrieval(tiny_model, tokenizer, ds, progress=False)
     result = run_retrieval(tiny_model, tokenizer, ds, progress=False, skip_bad=True)
     assert result.metrics["num_images"] == 4 and result.metrics["num_captions"] == 8
-    assert result.metrics["skipped"] == 1 and result.skipped[0].reason == "unreadable image"
+    assert result.metrics["skipped"] == 1 and result.skipped[0].reason == "unreadable_image"
 
 
 def test_evaluate_retrieval_matches_metrics_of_directly_computed_embeddings(tmp_path, tiny_model, tokenizer):
@@ -184,9 +208,9 @@ def test_malformed_jsonl_lines_and_shard_samples_are_listed(tmp_path):
         load_retrieval_dataset(tmp_path / "set.jsonl")
     listed = [str(p).split("set.jsonl:")[1] for p in err.value.problems]
     assert len(listed) == 3
-    assert listed[0].startswith("2: malformed entry (invalid JSON")
-    assert listed[1] == "3: malformed entry (missing 'image' path)"
-    assert listed[2] == "4: no captions (expected a non-empty list, got 'not a list')"
+    assert listed[0].startswith("2: malformed_record (invalid JSON")
+    assert listed[1] == "3: malformed_record (missing 'image' path)"
+    assert listed[2] == "4: missing_caption (expected a non-empty list, got 'not a list')"
 
     with tarfile.open(tmp_path / "s.tar", "w") as tar:
         for name, data in {"a.png": (tmp_path / "ok.png").read_bytes(), "a.txt": b"red circle",
@@ -197,5 +221,5 @@ def test_malformed_jsonl_lines_and_shard_samples_are_listed(tmp_path):
     ds = load_retrieval_dataset(tmp_path / "s.tar", skip_bad=True)
     assert ds.captions == [["red circle"]]
     assert sorted(str(p).split("s.tar:")[1] for p in ds.skipped) == [
-        "b: malformed entry (0 image members (expected 1))",
-        "c: no captions (0 caption members (expected one .txt or .json))"]
+        "b: malformed_record (0 image members (expected 1))",
+        "c: missing_caption (0 caption members (expected one .txt or .json))"]

@@ -259,6 +259,31 @@ def test_config_errors_name_key_and_source(tmp_path):
         clips_tower.load_config(path)
 
 
+@pytest.mark.parametrize("section,key,value,match", [
+    ("preprocess", "mean", [0.5, 0.5], r"bad.json.preprocess.mean: expected 3 values, got 2"),
+    ("preprocess", "std", [0.2, 0.2, 0.2, 0.2], r"bad.json.preprocess.std: expected 3 values, got 4"),
+    ("vision", "layers", True, r"bad.json.vision.layers: expected an integer, got bool True"),
+    ("vision", "mlp_ratio", False, r"bad.json.vision.mlp_ratio: expected a number, got bool False"),
+    ("vision", "mlp_ratio", "4.0", r"bad.json.vision.mlp_ratio: expected a number, got str"),
+])
+def test_config_tuple_lengths_and_bools_name_key_and_file(tmp_path, section, key, value, match):
+    """Model configs go through the same strict loader as run configs (one ConfigError)."""
+    import json
+
+    import pretrain.config
+
+    cfg = clips_tower.get_model_config("clips-tiny").to_dict()
+    cfg[section][key] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(pretrain.config.ConfigError, match=match):  # the same class as clips_tower.ConfigError
+        clips_tower.load_config(path)
+    cfg.pop("embed_dim")
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(clips_tower.ConfigError, match=r"bad.json: missing required key\(s\) \['embed_dim'\]"):
+        clips_tower.load_config(path)
+
+
 def test_config_round_trip():
     for name in clips_tower.list_models():
         cfg = clips_tower.get_model_config(name)

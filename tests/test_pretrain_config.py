@@ -37,6 +37,8 @@ def test_overrides_dotted_bare_equals_and_list_index(tmp_path):
     ("stages: [{steps: 1}]\ntrain: {globl_batch_size: 3}\n", [], r"cfg.yaml.train: unknown key\(s\) \['globl_batch_size'\]"),
     ("stages: [{steps: 1}]\ntrain: {seed: 1.5}\n", [], r"train.seed: expected an integer"),
     ("stages: [{steps: 1}]\ntrain: {progress: 'yes'}\n", [], r"train.progress: expected true/false"),
+    ("stages: [{steps: 1}]\noptim: {betas: [0.9]}\n", [], r"cfg.yaml.optim.betas: expected 2 values, got 1"),
+    ("stages: [{steps: 1}]\ntrain: {seed: true}\n", [], r"cfg.yaml.train.seed: expected an integer, got bool"),
     ("stages: [{image_size: 32}]\n", [], r"stages.0: missing required key\(s\) \['steps'\]"),
     ("stages: [{steps: 1}]\n", ["--recipe.strategy", "middle"], r"recipe.strategy must be one of"),
     ("stages: [{steps: 1}]\n", ["--nonsense", "1"], r"--nonsense: no such setting"),

@@ -162,7 +162,7 @@ def _bad_shard(folder) -> dict[str, int]:
         w.write("number_caption", {"jpg": img, "json": json_bytes({"org_caption": 7, "re_caption": "A circle."})})
         for s in good[3:]:
             w.write(s.key, {"png": encode_image(s.image, "png"), "json": json_bytes({"org_caption": s.web, "re_caption": s.synthetic})})
-    return {"undecodable_image": 2, "missing_image": 1, "missing_caption": 3, "bad_metadata": 1, "not_utf8": 1,
+    return {"unreadable_image": 2, "missing_image": 1, "missing_caption": 3, "malformed_record": 1, "not_utf8": 1,
             "empty_caption": 1, "no_sentence": 1}
 
 
@@ -211,7 +211,7 @@ def test_clips_data_shard_from_jsonl_with_broken_rows(tmp_path, capsys):
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["written"] == 7 and report["shards"] == 3
-    assert report["skipped"] == {"bad_metadata": 1, "empty_caption": 1, "missing_image": 1}
+    assert report["skipped"] == {"malformed_record": 1, "empty_caption": 1, "missing_image": 1}
     sizes = json.loads((tmp_path / "out" / SIZES_FILE).read_text())
     assert sizes == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 1}
     source = open_source(str(tmp_path / "out"))

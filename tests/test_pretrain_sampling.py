@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.recipes import Captions, build_recipe
+from pretrain.recipes import RECIPES, Captions, Recipe, build_recipe
 from pretrain.sampling import NoSentenceError, get_strategy, sample_rng, split_sentences
 
 CAPTION = ("The image shows two shapes on a gray background. A large red circle is in the top left!! "
@@ -127,13 +127,16 @@ def test_unknown_strategy_lists_the_choices():
 WEB, SYN = "red circle", CAPTION
 
 
-@pytest.mark.parametrize("name,texts,captioner", [
-    ("clips", {"web": 0.5, "sub": 0.5}, True),
-    ("clip-web", {"web": 1.0}, False),
-    ("clip-synthetic-full", {"synthetic": 1.0}, False),
-    ("clip-synthetic-partial", {"sub": 1.0}, False),
-    ("mixture", {"text": 1.0}, False),
-])
+_RECIPE_TABLE = [  # the paper's comparison (module docstring of pretrain.recipes)
+    pytest.param("clips", {"web": 0.5, "sub": 0.5}, True, id="clips"),
+    pytest.param("clip-web", {"web": 1.0}, False, id="clip-web"),
+    pytest.param("clip-synthetic-full", {"synthetic": 1.0}, False, id="clip-synthetic-full"),
+    pytest.param("clip-synthetic-partial", {"sub": 1.0}, False, id="clip-synthetic-partial"),
+    pytest.param("mixture", {"text": 1.0}, False, id="mixture"),
+]
+
+
+@pytest.mark.parametrize("name,texts,captioner", _RECIPE_TABLE)
 def test_recipe_texts_weights_and_targets(tokenizer, name, texts, captioner):
     r = build_recipe(name)
     assert r.text_weights == texts and r.captioner is captioner
@@ -149,6 +152,25 @@ def test_recipe_texts_weights_and_targets(tokenizer, name, texts, captioner):
         assert out.texts["synthetic"] == tokenizer.wordpieces([SYN])[0]
     if "sub" in out.texts:
         assert out.texts["sub"] in [tokenizer.wordpieces([s])[0] for s in split_sentences(SYN)]
+
+
+def test_recipe_table_covers_the_registry_and_entries_are_the_defaults(tokenizer):
+    """Every registered recipe is in the table above, and each registry entry is a usable
+    :class:`Recipe` whose texts equal ``build_recipe(name)``'s for the same seed."""
+    table = {p.values[0] for p in _RECIPE_TABLE}
+    assert table == set(RECIPES)
+    for name, registered in RECIPES.items():
+        assert isinstance(registered, Recipe) and registered.name == name
+        built = build_recipe(name)
+        assert (registered.text_weights, registered.captioner, registered.needs) == (
+            built.text_weights, built.captioner, built.needs)
+        for seed in range(3):
+            a = registered(Captions(WEB, SYN), tokenizer, np.random.default_rng(seed))
+            b = built(Captions(WEB, SYN), tokenizer, np.random.default_rng(seed))
+            assert a == b
+    built = build_recipe("clips")
+    built.text_weights["web"] = 9.0  # a configured recipe does not share the registry's dict
+    assert RECIPES["clips"].text_weights["web"] == 0.5
 
 
 def test_mixture_is_80_20_per_sample(tokenizer):

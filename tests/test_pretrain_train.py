@@ -193,6 +193,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     logs = [m for m in _metrics(tmp_path / "killed") if "loss" in m]
     assert [m["step"] for m in logs] == list(range(1, 10))
     # Skipped samples are counted by reason, carried through the checkpoint, and summed in the summary.
-    assert set(ref_summary["bad_samples"]) == {"undecodable_image", "no_sentence"}
+    assert set(ref_summary["bad_samples"]) == {"unreadable_image", "no_sentence"}
     assert summary["bad_samples"] == ref_summary["bad_samples"]
-    assert logs[-1]["bad/undecodable_image"] == ref_summary["bad_samples"]["undecodable_image"]
+    assert logs[-1]["bad/unreadable_image"] == ref_summary["bad_samples"]["unreadable_image"]

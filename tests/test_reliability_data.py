@@ -74,7 +74,7 @@ def _reason(processor, image: bytes, meta=META) -> str:
 
 # ------------------------------------------------------------------ skipped and counted
 def test_zero_byte_image_is_undecodable(processor):
-    assert _reason(processor, b"") == "undecodable_image"
+    assert _reason(processor, b"") == "unreadable_image"
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])
@@ -185,11 +185,11 @@ def test_run_over_every_kind_of_bad_sample_finishes_and_reports_counts(tmp_path)
         "palette_alpha": _png(pal, transparency=1),
     }
     bad = {  # key -> (members, reason)
-        "zero_byte_image": ({"jpg": b"", "json": json_bytes(META)}, "undecodable_image"),
+        "zero_byte_image": ({"jpg": b"", "json": json_bytes(META)}, "unreadable_image"),
         "bomb": ({"png": _png_bomb(10_000, 10_000), "json": json_bytes(META)}, "image_too_large"),
         "long_caption": ({"jpg": img, "json": json_bytes({**META, "re_caption": "A cat. " * 15000})}, "caption_too_long"),
         "not_utf8": ({"jpg": img, "json": '{"org_caption": "\xe9t\xe9", "re_caption": "A."}'.encode("latin-1")}, "not_utf8"),
-        "empty_json": ({"jpg": img, "json": b""}, "bad_metadata"),
+        "empty_json": ({"jpg": img, "json": b""}, "malformed_record"),
         "no_caption_field": ({"jpg": img, "json": json_bytes({"re_caption": "A cat."})}, "missing_caption"),
     }
     with ShardWriter(tmp_path / "data", shard_size=100) as w:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decode import decode_image, parse_meta
+from .decode import decode_image, parse_meta, read_caption
 from .errors import BadSample
 from .shards import ShardWriter, json_bytes
 from .sources import SourceOptions, open_source, read_image_bytes
@@ -63,13 +63,7 @@ def shard_dataset(input_spec: str, out_dir: str | Path, *, fmt: str | None = Non
                     if isinstance(rec, BadSample):
                         raise rec
                     meta = parse_meta(rec)
-                    captions = {}
-                    for k in (web_key, synthetic_key):
-                        if not isinstance(meta.get(k), str):
-                            raise BadSample("missing_caption", rec.key, k)
-                        if not meta[k].strip():
-                            raise BadSample("empty_caption", rec.key, k)
-                        captions[k] = meta[k]
+                    captions = {k: read_caption(meta, k, rec.key) for k in (web_key, synthetic_key)}
                     data = read_image_bytes(rec)
                     img = decode_image(data, rec.key)
                 except BadSample as b:

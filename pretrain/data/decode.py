@@ -19,7 +19,8 @@ from PIL import Image
 
 from ..recipes import Captions, Recipe
 from ..sampling import NoSentenceError, sample_rng
-from .errors import BadSample
+from .errors import (CAPTION_TOO_LONG, IMAGE_TOO_LARGE, MALFORMED_RECORD, MISSING_CAPTION, NO_SENTENCE, NOT_UTF8,
+                     UNREADABLE_IMAGE, BadSample, caption_problem)
 from .sources import RawRecord, read_image_bytes
 
 TEXT_STREAM, IMAGE_STREAM = 0, 1
@@ -35,14 +36,15 @@ class Sample:
     target: list[int] | None
 
 
-def _caption(meta: dict, field: str, key: str, max_chars: int | None = None) -> str:
+def read_caption(meta: dict, field: str, key: str, max_chars: int | None = None) -> str:
+    """``meta[field]`` if it is a usable caption (a non-blank string of at most ``max_chars``),
+    else :class:`BadSample` (``missing_caption``, ``empty_caption``, ``caption_too_long``)."""
     value = meta.get(field)
-    if not isinstance(value, str):
-        raise BadSample("missing_caption", key, f"{field!r} is {type(value).__name__}")
-    if not value.strip():
-        raise BadSample("empty_caption", key, field)
+    reason = caption_problem(value)
+    if reason:
+        raise BadSample(reason, key, f"{field!r} is {type(value).__name__}" if reason == MISSING_CAPTION else field)
     if max_chars and len(value) > max_chars:
-        raise BadSample("caption_too_long", key, f"{field!r} has {len(value)} characters > {max_chars}")
+        raise BadSample(CAPTION_TOO_LONG, key, f"{field!r} has {len(value)} characters > {max_chars}")
     return value
 
 
@@ -50,16 +52,16 @@ def parse_meta(record: RawRecord) -> dict:
     """The record's caption metadata as a dict (JSON bytes are parsed; raises :class:`BadSample`)."""
     meta = record.meta
     if meta is None:
-        raise BadSample("missing_caption", record.key, "no caption metadata")
+        raise BadSample(MISSING_CAPTION, record.key, "no caption metadata")
     if isinstance(meta, (bytes, bytearray)):
         try:
             meta = json.loads(bytes(meta).decode("utf-8"))
         except UnicodeDecodeError:
-            raise BadSample("not_utf8", record.key) from None
+            raise BadSample(NOT_UTF8, record.key) from None
         except json.JSONDecodeError as e:
-            raise BadSample("bad_metadata", record.key, str(e)) from None
+            raise BadSample(MALFORMED_RECORD, record.key, str(e)) from None
     if not isinstance(meta, dict):
-        raise BadSample("bad_metadata", record.key, f"metadata is {type(meta).__name__}, not an object")
+        raise BadSample(MALFORMED_RECORD, record.key, f"metadata is {type(meta).__name__}, not an object")
     return meta
 
 
@@ -76,15 +78,15 @@ def decode_image(data: bytes, key: str) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             limit = Image.MAX_IMAGE_PIXELS
             if limit and img.width * img.height > limit:
-                raise BadSample("image_too_large", key, f"{img.width}x{img.height} pixels > {limit}")
+                raise BadSample(IMAGE_TOO_LARGE, key, f"{img.width}x{img.height} pixels > {limit}")
             img.load()
         return img
     except Image.DecompressionBombError as e:  # PIL's own check (over twice the limit) fires in open()
-        raise BadSample("image_too_large", key, str(e)) from None
+        raise BadSample(IMAGE_TOO_LARGE, key, str(e)) from None
     except BadSample:
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
-        raise BadSample("undecodable_image", key, f"{type(e).__name__}: {e}") from None
+        raise BadSample(UNREADABLE_IMAGE, key, f"{type(e).__name__}: {e}") from None
 
 
 class SampleProcessor:
@@ -110,13 +112,13 @@ class SampleProcessor:
         meta = parse_meta(record)
         needs = self.recipe.needs
         captions = Captions(
-            web=_caption(meta, self.web_key, key, self.max_caption_chars) if "web" in needs else None,
-            synthetic=_caption(meta, self.synthetic_key, key, self.max_caption_chars) if "synthetic" in needs else None,
+            web=read_caption(meta, self.web_key, key, self.max_caption_chars) if "web" in needs else None,
+            synthetic=read_caption(meta, self.synthetic_key, key, self.max_caption_chars) if "synthetic" in needs else None,
         )
         try:
             sampled = self.recipe(captions, self.tokenizer, sample_rng(self.seed, epoch, key, TEXT_STREAM))
         except NoSentenceError as e:
-            raise BadSample("no_sentence", key, str(e)) from None
+            raise BadSample(NO_SENTENCE, key, str(e)) from None
         img = decode_image(read_image_bytes(record), key)
         pixels = self.transform(img, sample_rng(self.seed, epoch, key, IMAGE_STREAM))
         return Sample(key, pixels, sampled.texts, sampled.target)

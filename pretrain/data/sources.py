@@ -4,7 +4,8 @@ A source splits its data into *shards* (tar files, parquet files, JSONL files) a
 as a stream of :class:`RawRecord` (bytes and strings, not yet decoded; decoding happens in the
 data-loader workers, see :mod:`.decode`). Registered formats:
 
-- ``wds``: webdataset tar shards: ``<key>.jpg|png|webp`` + ``<key>.json`` holding the captions;
+- ``wds``: webdataset tar shards: ``<key>.<image ext>`` (:data:`~.errors.IMAGE_EXTENSIONS`) +
+  ``<key>.json`` holding the captions;
 - ``parquet``: rows with an image column (bytes, an HF-datasets ``{"bytes", "path"}`` struct, or a
   path) and caption columns;
 - ``jsonl``: one JSON object per line with an image path and the captions, plus an image folder.
@@ -12,6 +13,9 @@ data-loader workers, see :mod:`.decode`). Registered formats:
 Shard lists are written as open_clip/webdataset accept them: local paths, brace patterns
 (``shards/{00000..00099}.tar``), several lists joined by ``::``, ``pipe:CMD`` URLs (e.g.
 ``pipe:aws s3 cp s3://bucket/x.tar -``), or a folder (all files of the format inside).
+
+:func:`expand_urls` and :func:`read_tar_samples` are the project's one shard layer: the eval
+readers (:mod:`eval.data`) use them too, so eval reads every shard spec training reads.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Iterator
 
 from braceexpand import braceexpand
 
-from .errors import BadSample
+from .errors import IMAGE_EXTENSIONS, MALFORMED_RECORD, MISSING_IMAGE, NOT_UTF8, UNREADABLE_SHARD, BadSample
 from .shards import SIZES_FILE
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ class SourceOptions:
     paths are relative to (default: the parquet/JSONL file's folder); ``caption_columns``: the
     caption fields to keep (parquet columns / JSONL keys)."""
 
-    image_exts: tuple[str, ...] = ("jpg", "png", "webp")
+    image_exts: tuple[str, ...] = IMAGE_EXTENSIONS
     meta_ext: str = "json"
     image_column: str = "image"
     key_column: str = "key"
@@ -79,8 +83,28 @@ def expand_urls(spec: str, suffix: str) -> list[str]:
     return urls
 
 
-def _is_local(url: str) -> bool:
+def is_local(url: str) -> bool:
+    """True for a plain file path (not ``pipe:`` nor a ``scheme://`` URL)."""
     return "://" not in url and not url.startswith("pipe:")
+
+
+def read_tar_samples(url: str) -> Iterator[dict | BadSample]:
+    """The samples of one tar shard (local path, ``pipe:`` or any URL ``webdataset.gopen`` opens)
+    as webdataset groups them: ``{"__key__": key, "__url__": url, <ext>: bytes, ...}`` (extensions
+    lower-cased). A corrupt or unreadable archive ends the shard with one ``unreadable_shard``."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    errors: list[Exception] = []
+
+    def handler(exn: Exception) -> bool:  # stop reading this shard, report it once
+        errors.append(exn)
+        return False
+
+    streams = url_opener([{"url": url}], handler=handler)
+    yield from group_by_keys(tar_file_expander(streams, handler=handler), handler=handler)
+    for exn in errors:
+        log.warning("cannot read shard %s: %s", url, exn)
+        yield BadSample(UNREADABLE_SHARD, url, str(exn)[:200])
 
 
 # ----------------------------------------------------------------------- webdataset
@@ -95,28 +119,19 @@ class WebDatasetSource:
 
     def read(self, url: str) -> Iterator[RawRecord | BadSample]:
         """Records of one shard; a corrupt or unreadable archive yields one ``unreadable_shard``."""
-        from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
-
-        errors: list[Exception] = []
-
-        def handler(exn: Exception) -> bool:  # stop reading this shard, report it once
-            errors.append(exn)
-            return False
-
-        streams = url_opener([{"url": url}], handler=handler)
-        for sample in group_by_keys(tar_file_expander(streams, handler=handler), handler=handler):
+        for sample in read_tar_samples(url):
+            if isinstance(sample, BadSample):
+                yield sample
+                continue
             image = next((sample[e] for e in self.image_exts if e in sample), None)
             yield RawRecord(key=sample["__key__"], image=image, meta=sample.get(self.meta_ext))
-        for exn in errors:
-            log.warning("cannot read shard %s: %s", url, exn)
-            yield BadSample("unreadable_shard", url, str(exn)[:200])
 
     def num_samples(self) -> int | None:
         """Samples in these shards from ``sizes.json`` (open_clip layout) or, per shard, from
         img2dataset's ``<shard>_stats.json`` (``successes``); None when a shard has neither."""
         total, cache = 0, {}
         for url in self.shards:
-            if not _is_local(url):
+            if not is_local(url):
                 return None
             path = Path(url)
             if path.parent not in cache:
@@ -155,7 +170,7 @@ class ParquetSource:
         try:
             pf = pq.ParquetFile(url)
         except Exception as e:  # pyarrow raises several error types for a bad file
-            yield BadSample("unreadable_shard", url, str(e)[:200])
+            yield BadSample(UNREADABLE_SHARD, url, str(e)[:200])
             return
         names = set(pf.schema_arrow.names)
         if self.image_column not in names:
@@ -195,12 +210,12 @@ class JsonlSource:
         self.image_column, self.key_column, self.image_root = options.image_column, options.key_column, options.image_root
 
     def read(self, url: str) -> Iterator[RawRecord | BadSample]:
-        """Records of one JSONL file; undecodable lines become ``not_utf8``/``bad_metadata``."""
+        """Records of one JSONL file; undecodable lines become ``not_utf8``/``malformed_record``."""
         root = Path(self.image_root) if self.image_root else Path(url).parent
         try:
             f = open(url, "rb")
         except OSError as e:
-            yield BadSample("unreadable_shard", url, str(e))
+            yield BadSample(UNREADABLE_SHARD, url, str(e))
             return
         empty = True
         with f:
@@ -212,19 +227,19 @@ class JsonlSource:
                 try:
                     obj = json.loads(line.decode("utf-8"))
                 except UnicodeDecodeError:
-                    yield BadSample("not_utf8", key)
+                    yield BadSample(NOT_UTF8, key)
                     continue
                 except json.JSONDecodeError as e:
-                    yield BadSample("bad_metadata", key, str(e))
+                    yield BadSample(MALFORMED_RECORD, key, str(e))
                     continue
                 if not isinstance(obj, dict):
-                    yield BadSample("bad_metadata", key, "line is not a JSON object")
+                    yield BadSample(MALFORMED_RECORD, key, "line is not a JSON object")
                     continue
                 key = str(obj.get(self.key_column, key))
                 path = obj.get(self.image_column)
                 yield RawRecord(key=key, image_path=str(root / path) if isinstance(path, str) else None, meta=obj)
         if empty:  # counted like an empty tar or parquet file, so a lost upload shows in the summary
-            yield BadSample("unreadable_shard", url, "empty file")
+            yield BadSample(UNREADABLE_SHARD, url, "empty file")
 
     def num_samples(self) -> int:
         """Non-empty lines over all files (files are read once)."""
@@ -270,9 +285,9 @@ def read_image_bytes(record: RawRecord) -> bytes:
     if record.image is not None:
         return bytes(record.image)
     if record.image_path is None:
-        raise BadSample("missing_image", record.key)
+        raise BadSample(MISSING_IMAGE, record.key)
     try:
         with open(record.image_path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise BadSample("missing_image", record.key, str(e)) from None
+        raise BadSample(MISSING_IMAGE, record.key, str(e)) from None
