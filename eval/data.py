@@ -37,9 +37,9 @@ from typing import Callable, Iterable, Sequence, Union
 import torch
 from PIL import Image
 
-from pretrain.data.errors import (IMAGE_EXTENSIONS, MALFORMED_RECORD, MISSING_CAPTION, NOT_UTF8, BadSample,
-                                  caption_problem, check_reason, image_header_problem)
-from pretrain.data.sources import expand_urls, is_local, read_tar_samples
+from pretrain.data.errors import (IMAGE_EXTENSIONS, MALFORMED_RECORD, MISSING_CAPTION, MISSING_IMAGE, NOT_UTF8,
+                                  BadSample, caption_problem, check_reason, image_header_problem)
+from pretrain.data.sources import decode_image, expand_urls, is_local, read_tar_samples
 
 CAPTION_EXTENSIONS = ("txt", "json")
 
@@ -78,12 +78,6 @@ def count_by_reason(problems: Iterable[BadEntry]) -> dict[str, int]:
     return dict(Counter(p.reason for p in problems))
 
 
-def _open_loaded(fp) -> Image.Image:
-    with Image.open(fp) as img:  # closes the file; the decoded pixels stay usable
-        img.load()  # decode now so a truncated file fails here, inside the caller's error handling
-        return img
-
-
 @dataclasses.dataclass(frozen=True)
 class FileImage:
     """An image file on disk."""
@@ -95,8 +89,13 @@ class FileImage:
         return str(self.path)
 
     def open(self) -> Image.Image:
-        """The decoded PIL image (any mode; transforms convert to RGB)."""
-        return _open_loaded(self.path)
+        """The fully decoded PIL image (any mode; transforms convert to RGB); raises
+        :class:`~pretrain.data.errors.BadSample` (``missing_image``, ``unreadable_image``, ``image_too_large``)."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise BadSample(MISSING_IMAGE, self.name, str(e)) from None
+        return decode_image(data, self.name)
 
     def header_problem(self) -> tuple[str, str] | None:
         """``(reason, detail)`` if the file is missing or its header is not an image, else None."""
@@ -116,8 +115,8 @@ class TarMemberImage:
         return f"{self.shard}:{self.key}"
 
     def open(self) -> Image.Image:
-        """The decoded PIL image."""
-        return _open_loaded(io.BytesIO(self.data))
+        """The fully decoded PIL image; raises :class:`~pretrain.data.errors.BadSample`."""
+        return decode_image(self.data, self.name)
 
     def header_problem(self) -> tuple[str, str] | None:
         """``(reason, detail)`` if the bytes do not start with an image header, else None."""

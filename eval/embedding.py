@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pretrain.data.errors import UNREADABLE_IMAGE
+from pretrain.data.errors import UNREADABLE_IMAGE, BadSample
 
 from .data import BadEntry, ImageRef
 
@@ -30,7 +30,7 @@ def inference(model: torch.nn.Module, device: str | torch.device, autocast_dtype
 
 
 class _DecodedImages(Dataset):
-    """Map-style dataset: index -> (index, transformed tensor [3,H,W] or None, error text)."""
+    """Map-style dataset: index -> (index, transformed tensor [3,H,W] or None, (reason, detail) or None)."""
 
     def __init__(self, images: Sequence[ImageRef], transform: Callable) -> None:
         self.images, self.transform = images, transform
@@ -40,14 +40,16 @@ class _DecodedImages(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.transform(self.images[i].open()), ""
-        except Exception as e:  # PIL raises many error types for bad data; the caller lists them all
-            return i, None, f"{type(e).__name__}: {e}"
+            return i, self.transform(self.images[i].open()), None
+        except BadSample as e:  # the shared image decoder's verdict (unreadable_image, image_too_large, ...)
+            return i, None, (e.reason, e.detail)
+        except Exception as e:  # a transform failing on odd pixels; the caller lists them all
+            return i, None, (UNREADABLE_IMAGE, f"{type(e).__name__}: {e}")
 
 
 def _collate(items):
     ok = [(i, t) for i, t, _ in items if t is not None]
-    failed = [(i, err) for i, t, err in items if t is None]
+    failed = [(i, problem) for i, t, problem in items if t is None]
     pixels = torch.stack([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], pixels, failed
 
@@ -64,13 +66,13 @@ def iter_image_batches(
     """Decode and transform ``images`` in batches (decoding in ``num_workers`` loader processes).
 
     Yields (indices of the decoded images, pixels [b,3,H,W]). Images that fail to decode are
-    appended to ``failed`` (reason ``unreadable_image``) instead of stopping the pass, so one
-    run lists every bad image.
+    appended to ``failed`` (reason ``unreadable_image``, ``image_too_large`` or ``missing_image``)
+    instead of stopping the pass, so one run lists every bad image.
     """
     loader = DataLoader(_DecodedImages(images, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
     for idx, pixels, bad in tqdm(loader, desc="images", unit="batch", disable=not progress):
-        failed.extend(BadEntry(images[i].name, UNREADABLE_IMAGE, err) for i, err in bad)
+        failed.extend(BadEntry(images[i].name, *problem) for i, problem in bad)
         if pixels is not None:
             yield idx, pixels
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pretrain.data.errors import (IMAGE_PLACEHOLDER_MISMATCH, LABEL_MISMATCH, MALFORMED_CONVERSATION,
+from pretrain.data.errors import (IMAGE_PLACEHOLDER_MISMATCH, LABEL_MISMATCH, MALFORMED_CONVERSATION,  # noqa: F401
                                   MALFORMED_RECORD, MISSING_IMAGE, TOO_LONG, UNREADABLE_IMAGE, image_header_problem)
 
 from .conversation import (ConversationError, Rendered, Template, count_image_placeholders,

@@ -178,6 +178,21 @@ def test_truncated_image_fails_the_eval_pass_unless_skip_bad(tmp_path, tiny_mode
     assert result.metrics["skipped"] == 1 and result.skipped[0].reason == "unreadable_image"
 
 
+def test_eval_pass_decodes_with_the_training_decoder_and_its_reasons(tmp_path, tiny_model, tokenizer, monkeypatch):
+    """Images are decoded by pretrain.data's decoder: an image over PIL's pixel limit is refused
+    from its header as ``image_too_large`` (as in training), a vanished file is ``missing_image``."""
+    path = write_karpathy(tmp_path, n_test=4, per_image=2)
+    ds = load_retrieval_dataset(path)
+    big = tmp_path / "val2014" / "img_0001.jpg"
+    Image.new("RGB", (300, 300), (1, 2, 3)).save(big)
+    (tmp_path / "val2014" / "img_0002.jpg").unlink()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)  # the 40x40 scenes pass, the 300x300 one does not
+    result = run_retrieval(tiny_model, tokenizer, ds, progress=False, skip_bad=True)
+    assert sorted((p.entry.rsplit("/", 1)[1], p.reason) for p in result.skipped) == [
+        ("img_0001.jpg", "image_too_large"), ("img_0002.jpg", "missing_image")]
+    assert result.metrics["num_images"] == 2
+
+
 def test_evaluate_retrieval_matches_metrics_of_directly_computed_embeddings(tmp_path, tiny_model, tokenizer):
     ds = load_retrieval_dataset(write_karpathy(tmp_path, n_test=8, per_image=3))
     tiny_model.train()

@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decode import decode_image, parse_meta, read_caption
+from .decode import parse_meta, read_caption
 from .errors import BadSample
 from .shards import ShardWriter, json_bytes
-from .sources import SourceOptions, open_source, read_image_bytes
+from .sources import SourceOptions, decode_image, open_source, read_image_bytes
 
 log = logging.getLogger(__name__)
 _KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}

@@ -8,20 +8,16 @@ word pieces per text name + target pieces) or raises :class:`~.errors.BadSample`
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from ..recipes import Captions, Recipe
 from ..sampling import NoSentenceError, sample_rng
-from .errors import (CAPTION_TOO_LONG, IMAGE_TOO_LARGE, MALFORMED_RECORD, MISSING_CAPTION, NO_SENTENCE, NOT_UTF8,
-                     UNREADABLE_IMAGE, BadSample, caption_problem)
-from .sources import RawRecord, read_image_bytes
+from .errors import CAPTION_TOO_LONG, MALFORMED_RECORD, MISSING_CAPTION, NO_SENTENCE, NOT_UTF8, BadSample, caption_problem
+from .sources import RawRecord, decode_image, read_image_bytes  # noqa: F401  (decode_image: its historical home)
 
 TEXT_STREAM, IMAGE_STREAM = 0, 1
 
@@ -63,30 +59,6 @@ def parse_meta(record: RawRecord) -> dict:
     if not isinstance(meta, dict):
         raise BadSample(MALFORMED_RECORD, record.key, f"metadata is {type(meta).__name__}, not an object")
     return meta
-
-
-def decode_image(data: bytes, key: str) -> Image.Image:
-    """Decode image bytes fully (truncated files fail here, not later); raises :class:`BadSample`.
-
-    The pixel count is checked from the header, before any pixel is decoded, against PIL's
-    ``Image.MAX_IMAGE_PIXELS`` (raise it there for datasets of huge images): PIL itself only warns
-    between one and two times that limit and would allocate the whole image.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF and similar warnings are not errors here
-            img = Image.open(io.BytesIO(data))
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and img.width * img.height > limit:
-                raise BadSample(IMAGE_TOO_LARGE, key, f"{img.width}x{img.height} pixels > {limit}")
-            img.load()
-        return img
-    except Image.DecompressionBombError as e:  # PIL's own check (over twice the limit) fires in open()
-        raise BadSample(IMAGE_TOO_LARGE, key, str(e)) from None
-    except BadSample:
-        raise
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
-        raise BadSample(UNREADABLE_IMAGE, key, f"{type(e).__name__}: {e}") from None
 
 
 class SampleProcessor:

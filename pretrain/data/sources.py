@@ -20,15 +20,19 @@ readers (:mod:`eval.data`) use them too, so eval reads every shard spec training
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from braceexpand import braceexpand
+from PIL import Image
 
-from .errors import IMAGE_EXTENSIONS, MALFORMED_RECORD, MISSING_IMAGE, NOT_UTF8, UNREADABLE_SHARD, BadSample
+from .errors import (IMAGE_EXTENSIONS, IMAGE_TOO_LARGE, MALFORMED_RECORD, MISSING_IMAGE, NOT_UTF8, UNREADABLE_IMAGE,
+                     UNREADABLE_SHARD, BadSample)
 from .shards import SIZES_FILE
 
 log = logging.getLogger(__name__)
@@ -291,3 +295,27 @@ def read_image_bytes(record: RawRecord) -> bytes:
             return f.read()
     except OSError as e:
         raise BadSample(MISSING_IMAGE, record.key, str(e)) from None
+
+
+def decode_image(data: bytes, key: str) -> Image.Image:
+    """Decode image bytes fully (truncated files fail here, not later); raises :class:`BadSample`.
+
+    The pixel count is checked from the header, before any pixel is decoded, against PIL's
+    ``Image.MAX_IMAGE_PIXELS`` (raise it there for datasets of huge images): PIL itself only warns
+    between one and two times that limit and would allocate the whole image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and similar warnings are not errors here
+            img = Image.open(io.BytesIO(data))
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise BadSample(IMAGE_TOO_LARGE, key, f"{img.width}x{img.height} pixels > {limit}")
+            img.load()
+        return img
+    except Image.DecompressionBombError as e:  # PIL's own check (over twice the limit) fires in open()
+        raise BadSample(IMAGE_TOO_LARGE, key, str(e)) from None
+    except BadSample:
+        raise
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad data
+        raise BadSample(UNREADABLE_IMAGE, key, f"{type(e).__name__}: {e}") from None
