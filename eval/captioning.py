@@ -26,9 +26,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from pretrain.data.errors import MALFORMED_RECORD, caption_problem
+from pretrain.data.errors import caption_problem
 
-from .data import BadEntriesError, BadEntry, FileImage, check_image
+from .data import BadEntriesError, BadEntry, FileImage, check_image, read_jsonl_entries
 from .embedding import inference, iter_image_batches
 
 
@@ -56,20 +56,12 @@ def load_caption_dataset(path: str | Path, image_root: str | Path | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"caption dataset not found: {path}")
     root = Path(image_root) if image_root else path.parent
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    rows.append((f"{path}:{lineno}", e))
+    rows = read_jsonl_entries(path)
     has_refs = any(isinstance(obj, dict) and "synthetic_caption" in obj for _, obj in rows)
     problems, images, web, refs = [], [], [], []
     for entry, obj in rows:
-        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
-            detail = f"invalid JSON: {obj}" if isinstance(obj, Exception) else "missing 'image' path"
-            problems.append(BadEntry(entry, MALFORMED_RECORD, detail))
+        if isinstance(obj, BadEntry):
+            problems.append(obj)
             continue
         fields = ("web_caption", "synthetic_caption") if has_refs else ("web_caption",)
         bad = [(k, reason) for k in fields if (reason := caption_problem(obj.get(k)))]

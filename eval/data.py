@@ -254,9 +254,11 @@ def _read_karpathy(path: Path, image_root: Path | None, split: str) -> tuple[lis
     return records, name if isinstance(name, str) else None
 
 
-def _read_jsonl(path: Path, image_root: Path | None, split: str) -> tuple[list[_Record], str | None]:
-    root = image_root or path.parent
-    records = []
+def read_jsonl_entries(path: Path) -> list[tuple[str, dict | BadEntry]]:
+    """Every non-empty line of a JSONL eval file as ``(entry, object)`` (entry ``"file:line"``); a
+    line that is not JSON, or not an object with an ``image`` path, gives a ``malformed_record``
+    :class:`BadEntry` in place of the object."""
+    rows: list[tuple[str, dict | BadEntry]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -265,12 +267,20 @@ def _read_jsonl(path: Path, image_root: Path | None, split: str) -> tuple[list[_
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                records.append(_Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, f"invalid JSON: {e}")))
+                rows.append((entry, BadEntry(entry, MALFORMED_RECORD, f"invalid JSON: {e}")))
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
-                records.append(_Record(entry, None, [], BadEntry(entry, MALFORMED_RECORD, "missing 'image' path")))
+                rows.append((entry, BadEntry(entry, MALFORMED_RECORD, "missing 'image' path")))
                 continue
-            records.append(_Record(entry, FileImage(root / obj["image"]), obj.get("captions")))
+            rows.append((entry, obj))
+    return rows
+
+
+def _read_jsonl(path: Path, image_root: Path | None, split: str) -> tuple[list[_Record], str | None]:
+    root = image_root or path.parent
+    records = [_Record(entry, None, [], obj) if isinstance(obj, BadEntry)
+               else _Record(entry, FileImage(root / obj["image"]), obj.get("captions"))
+               for entry, obj in read_jsonl_entries(path)]
     if not records:
         raise ValueError(f"{path}: no entries")
     return records, None
