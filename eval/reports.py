@@ -1,4 +1,5 @@
-"""Result files and figures: JSON (atomic), a markdown table, and retrieval plots (matplotlib Agg).
+"""Result files and figures: JSON (atomic), a markdown table, retrieval plots and grouped bar
+charts (matplotlib Agg).
 
 Every evaluation writes ``<out>/<task>.json`` and ``<out>/<task>.md`` (the table that is also
 printed); retrieval also draws ``<out>/retrieval.png``: recall@K curves for both directions and,
@@ -90,18 +91,43 @@ def plot_retrieval(models: Mapping[str, Mapping], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if panels == 3:
-        ax, columns = axes[2], COLUMNS["retrieval"][:6]  # R@1/5/10 both ways
-        width = 0.8 / len(models)
-        for j, (label, entry) in enumerate(models.items()):
-            ax.bar([i + j * width for i in range(len(columns))], [entry["metrics"][k] for k, _ in columns],
-                   width, label=label)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))], [h for _, h in columns],
-                      rotation=30, fontsize=8)
-        ax.set_ylabel("%")
-        ax.set_title("model comparison")
-        ax.legend(fontsize=8)
+        columns = COLUMNS["retrieval"][:6]  # R@1/5/10 both ways
+        _grouped_bars(axes[2], [h for _, h in columns],
+                      {label: [entry["metrics"][k] for k, _ in columns] for label, entry in models.items()},
+                      ylabel="%", title="model comparison")
+    return _save_figure(fig, path)
+
+
+def _grouped_bars(ax, categories: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str, title: str) -> None:
+    """One group of bars per category, one bar (and legend entry) per series."""
+    width = 0.8 / len(series)
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar([i + j * width for i in range(len(categories))], values, width, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=30, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_grouped_bars(categories: Sequence[str], series: Mapping[str, Sequence[float]], path: str | Path,
+                      ylabel: str = "", title: str = "") -> Path:
+    """A grouped bar chart (``series``: label -> one value per category), PNG written atomically;
+    returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(categories) * max(1, len(series)) / 2 + 2), 4))
+    _grouped_bars(ax, categories, series, ylabel, title)
+    return _save_figure(fig, path)

@@ -1,10 +1,10 @@
-"""``clips llava ...``: tower export/assembly commands and the two LLaVA training stages."""
+"""``clips llava ...``: tower export/assembly commands, the two LLaVA training stages and the tower comparison."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import tower_cli, train_cli
+from . import compare_cli, tower_cli, train_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,3 +13,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     llava_sub = p.add_subparsers(dest="llava_command", required=True, metavar="LLAVA_COMMAND")
     tower_cli.register(llava_sub)
     train_cli.register(llava_sub)
+    compare_cli.register(llava_sub)

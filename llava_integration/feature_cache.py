@@ -144,6 +144,16 @@ class FeatureCache:
                                     f"delete it or point --feature_cache elsewhere")
 
 
+def require_frozen_tower(model: nn.Module) -> None:
+    """Raise :class:`FeatureCacheError` if any vision-tower parameter of ``model`` (an HF LLaVA) can
+    learn: cached features of a training tower would be stale after its first step."""
+    trainable = [n for n, p in model.model.vision_tower.named_parameters() if p.requires_grad]
+    if trainable:
+        raise FeatureCacheError(f"the feature cache needs a frozen vision tower, but {len(trainable)} tower parameters "
+                                f"train (e.g. {trainable[0]}); drop --feature_cache or mm_vision_tower from "
+                                f"--mm_tunable_parts")
+
+
 def build_feature_cache(model: nn.Module, images: Sequence[str], image_folder: str | Path, image_processor: Any,
                         cache_dir: str | Path, image_aspect_ratio: str = "square", dtype: str = "float16",
                         batch_size: int = 64, num_workers: int = 0) -> FeatureCache:
@@ -155,6 +165,7 @@ def build_feature_cache(model: nn.Module, images: Sequence[str], image_folder: s
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown feature cache dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    require_frozen_tower(model)
     cache_dir = Path(cache_dir)
     key = cache_key(model, image_processor, image_aspect_ratio)
     unique = list(dict.fromkeys(images))
@@ -211,6 +222,7 @@ class CachedFeatureLlava(nn.Module):
 
     def __init__(self, llava: nn.Module) -> None:
         super().__init__()
+        require_frozen_tower(llava)
         self.llava = llava
         self.config = llava.config
 

@@ -13,23 +13,19 @@ is split into ``q/k/v``. Two things differ and are documented rather than hidden
 
 Parameters are mapped module to module (attributes of the in-memory model), never by checkpoint
 key strings: ``save_pretrained`` writes whatever key names the installed transformers uses.
+
+This module knows nothing of tower specs (``towers`` imports it, not the other way round); saving
+any tower as an HF folder is :func:`llava_integration.export.export_vision_tower`.
 """
 
 from __future__ import annotations
-
-import logging
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import ViTConfig, ViTModel
 
 from clips_tower.config import CLIPSConfig
-from clips_tower.io import atomic_dir, atomic_write_json
 from clips_tower.vision import VisionTransformer
-
-log = logging.getLogger(__name__)
 
 # CLIPS activation names -> transformers ACT2FN names.
 _HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -114,25 +110,3 @@ def vit_from_clips_visual(visual: VisionTransformer, vit_config: ViTConfig) -> V
     if unwritten:
         raise RuntimeError(f"ViT parameters without a CLIPS source: {unwritten}")
     return vit
-
-
-def export_vision_tower(tower: str, out_dir: str | Path) -> Path:
-    """Save a tower (any spec of :func:`~llava_integration.towers.load_vision_tower`) as a stock
-    transformers vision model folder plus its image processor; returns ``out_dir``.
-
-    A CLIPS tower becomes a ``ViTModel`` (``AutoModel.from_pretrained(out_dir)`` loads it);
-    HF CLIP/SigLIP towers are re-saved as their vision model. ``clips_export.json`` records the source.
-    """
-    from .towers import load_vision_tower
-
-    start = time.perf_counter()
-    vt = load_vision_tower(tower)
-    model = vt.to_hf_vision_model()
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        vt.image_processor.save_pretrained(tmp)
-        atomic_write_json(tmp / "clips_export.json", {"tower": tower, "kind": vt.kind,
-                                                       "hf_class": type(model).__name__})
-    log.info("exported %s tower %s as %s to %s in %.1f s", vt.kind, tower, type(model).__name__, out_dir,
-             time.perf_counter() - start)
-    return Path(out_dir)

@@ -1,10 +1,12 @@
 """Plug CLIPS towers into the original LLaVA code base (PyPI ``llava-torch``, import name ``llava``).
 
 ``register()`` replaces ``build_vision_tower`` in ``llava.model.multimodal_encoder.builder`` and in
-``llava.model.llava_arch`` (which imported it by name): a tower string ``clips:<checkpoint or
-named model>`` (``--vision_tower`` of LLaVA's ``train.py``, ``mm_vision_tower`` of a saved
-config) builds :class:`~llava_integration.towers.CLIPSVisionTower`; anything else goes to LLaVA's
-own builder unchanged. As in LLaVA, the tower's weights are always (re)loaded from
+``llava.model.llava_arch`` (which imported it by name): a tower string with a kind prefix of
+:data:`~llava_integration.towers.TOWER_KINDS` (``clips:<checkpoint or named model>``,
+``clip:<HF folder>``, ``siglip:<HF folder>``; ``--vision_tower`` of LLaVA's ``train.py``,
+``mm_vision_tower`` of a saved config) builds that tower kind (e.g.
+:class:`~llava_integration.towers.CLIPSVisionTower`); anything else goes to LLaVA's own builder
+unchanged. As in LLaVA, the tower's weights are always (re)loaded from
 ``config.mm_vision_tower``, never from the LLaVA checkpoint.
 
 Nothing imports ``llava`` unless ``register()`` is called::
@@ -18,22 +20,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from .towers import CLIPS_PREFIX, CLIPSVisionTower
+from .towers import TOWER_KINDS, VisionTower, spec_prefix
 
 # Modules that hold a name ``build_vision_tower`` to patch.
 _PATCHED_MODULES = ("llava.model.multimodal_encoder.builder", "llava.model.llava_arch")
 _ORIGINAL_ATTR = "_clips_original_builder"
 
 
-def build_clips_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> CLIPSVisionTower:
-    """LLaVA-style builder: reads ``mm_vision_tower`` (or ``vision_tower``),
+def build_clips_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> VisionTower:
+    """LLaVA-style builder for a prefixed tower spec (the class its prefix names): reads ``mm_vision_tower`` (or ``vision_tower``),
     ``mm_vision_select_layer`` (required, as LLaVA) and ``mm_vision_select_feature`` (default
     ``patch``) from ``vision_tower_cfg``; ``delay_load`` is passed through."""
     spec = _tower_name(vision_tower_cfg)
     delay_load = kwargs.pop("delay_load", False) and not getattr(vision_tower_cfg, "unfreeze_mm_vision_tower", False)
     if kwargs:
         raise TypeError(f"unexpected arguments for a CLIPS tower: {sorted(kwargs)}")
-    return CLIPSVisionTower(
+    kind = spec_prefix(spec)
+    if kind is None:
+        raise ValueError(f"vision tower {spec!r} has no kind prefix ({', '.join(k + ':' for k in TOWER_KINDS)})")
+    return TOWER_KINDS[kind](
         spec,
         select_layer=vision_tower_cfg.mm_vision_select_layer,
         select_feature=getattr(vision_tower_cfg, "mm_vision_select_feature", "patch"),
@@ -48,7 +53,7 @@ def _tower_name(cfg: Any) -> str | None:
 def _make_builder(original):
     def build_vision_tower(vision_tower_cfg, **kwargs):
         name = _tower_name(vision_tower_cfg)
-        if isinstance(name, str) and name.startswith(CLIPS_PREFIX):
+        if isinstance(name, str) and spec_prefix(name) is not None:
             return build_clips_vision_tower(vision_tower_cfg, **kwargs)
         return original(vision_tower_cfg, **kwargs)
 
@@ -57,7 +62,8 @@ def _make_builder(original):
 
 
 def register() -> None:
-    """Route ``clips:`` tower names to CLIPS in the installed ``llava`` package (idempotent).
+    """Route prefixed tower names (``clips:``, ``clip:``, ``siglip:``) to this project's towers in the
+    installed ``llava`` package (idempotent).
 
     Raises ``ImportError`` with install instructions when ``llava`` is not installed.
     """

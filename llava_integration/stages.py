@@ -4,7 +4,8 @@ A :class:`Stage` says which modules learn, the default conversation template, wh
 their own learning rate, what the run saves, and the LLaVA-1.5 recipe values its command starts
 from (any flag the user passes overrides them). :mod:`llava_integration.train` runs any stage.
 
-Module keys (see :data:`MODULE_PATHS`): ``projector``, ``language_model``, ``vision_tower``.
+Module keys (see :data:`MODULE_PATHS`): ``projector``, ``language_model``, ``vision_tower``;
+LLaVA-NeXT's ``--mm_tunable_parts`` names for them are :data:`TUNABLE_PARTS`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,22 @@ MODULE_PATHS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "language_model": ("model.language_model", "lm_head"),
     "vision_tower": ("model.vision_tower",),
 })
+# LLaVA-NeXT's --mm_tunable_parts / --lora_target names -> module keys.
+TUNABLE_PARTS: Mapping[str, str] = MappingProxyType({
+    "mm_vision_tower": "vision_tower",
+    "mm_mlp_adapter": "projector",
+    "mm_language_model": "language_model",
+})
 
 
 @dataclass(frozen=True)
 class Stage:
     """One training stage.
 
-    - ``trainable``: module keys whose weights learn (LoRA replaces full training of
-      ``language_model`` when ``--lora_enable``; ``--tune_mm_mlp_adapter`` narrows it to the
-      projector, as in LLaVA).
+    - ``trainable``: module keys whose weights learn by default (``--mm_tunable_parts`` replaces
+      them, ``--tune_mm_mlp_adapter`` narrows them to the projector, as in LLaVA; with
+      ``--lora_enable`` the parts named by ``--lora_target`` learn through LoRA adapters).
+    - ``tunable``: the module keys this stage may train at all: what its saved artefact holds.
     - ``template``: the conversation template unless ``--version`` names another.
     - ``lr_flags``: module key -> training flag holding that module's learning rate (used when
       the flag is set; otherwise ``--learning_rate``).
@@ -41,6 +49,7 @@ class Stage:
 
     name: str
     trainable: tuple[str, ...]
+    tunable: tuple[str, ...]
     template: str
     save: str
     lr_flags: Mapping[str, str] = field(default_factory=dict)
@@ -57,6 +66,7 @@ PRETRAIN = Stage(
     name="pretrain",
     help="stage 1: projector pretraining on image-caption pairs (template plain, LCS-558K format)",
     trainable=("projector",),
+    tunable=("projector",),  # saves only the projector
     template="plain",
     save="projector",
     lr_flags={"projector": "mm_projector_lr"},
@@ -70,11 +80,12 @@ PRETRAIN = Stage(
 
 FINETUNE = Stage(
     name="finetune",
-    help="stage 2: visual instruction tuning of LLM + projector (template v1, mix665k format)",
+    help="stage 2: visual instruction tuning of LLM + projector, optionally the tower (template v1, mix665k format)",
     trainable=("projector", "language_model"),
+    tunable=("projector", "language_model", "vision_tower"),
     template="v1",
     save="llava",
-    lr_flags={"projector": "mm_projector_lr"},
+    lr_flags={"projector": "mm_projector_lr", "vision_tower": "mm_vision_tower_lr"},
     recipe={
         "image_aspect_ratio": "pad", "group_by_modality_length": "True",
         "learning_rate": "2e-5", "weight_decay": "0.0", "warmup_ratio": "0.03", "lr_scheduler_type": "cosine",

@@ -10,7 +10,7 @@ TOWER_HELP = ("tower spec: clips:<checkpoint folder/file or named model>, a CLIP
 
 
 def _cmd_export_vit(args: argparse.Namespace) -> int:
-    from .hf_export import export_vision_tower
+    from .export import export_vision_tower
 
     out = export_vision_tower(args.tower, args.out)
     print(f"wrote HF vision model + image processor of {args.tower} to {out}")

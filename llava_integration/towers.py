@@ -1,12 +1,16 @@
 """Vision towers for LLaVA behind one interface, chosen by a tower spec string.
 
-Kinds (registry :data:`TOWER_KINDS`, first kind that claims a spec wins):
+A spec is ``<kind>:<target>``; :data:`TOWER_KINDS` maps each kind (the spec prefix) to its class:
 
-- ``clips``: ``clips:<checkpoint folder or weights file>`` (this project's format or the official
-  open_clip one) or ``clips:<named model>`` (a registered config, random weights from a fixed
-  seed, for tests and demos). A bare path of a CLIPS checkpoint is claimed too.
-- ``clip`` / ``siglip``: a local folder of an HF ``CLIPVisionModel`` / ``SiglipVisionModel`` (or of
-  the full CLIP/SigLIP model), detected from ``config.json``'s ``model_type``.
+- ``clips:<checkpoint folder or weights file>`` (this project's format or the official open_clip
+  one) or ``clips:<named model>`` (a registered config, random weights from a fixed seed, for tests
+  and demos);
+- ``clip:<folder>`` / ``siglip:<folder>``: a local folder of an HF ``CLIPVisionModel`` /
+  ``SiglipVisionModel`` (or of the full CLIP/SigLIP model).
+
+A bare path (no known prefix) is resolved by one documented fallback, :func:`bare_path_kind`:
+a folder whose ``config.json`` ``model_type`` is in :data:`HF_MODEL_TYPES` is that HF kind, else a
+CLIPS checkpoint (this project's ``config.json`` or the open_clip files) is ``clips``, else an error.
 
 Every tower implements the interface the original LLaVA code expects of its ``CLIPVisionTower``
 (``is_loaded``, ``load_model``, ``forward``, ``dtype``/``device``/``config``/``hidden_size``,
@@ -22,7 +26,8 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
 
 import torch
 import transformers
@@ -35,7 +40,8 @@ from clips_tower.config import CLIPSConfig, ConfigError, load_config
 from clips_tower.vision import VisionTransformer
 
 # Imported eagerly (they pull in transformers' modeling code): importing those modules for the
-# first time inside deepspeed.zero.Init, which patches tensor construction, fails.
+# first time inside deepspeed.zero.Init, which patches tensor construction, fails. hf_export holds
+# only the CLIPS -> ViTModel mapping and imports nothing from this module (no import circle).
 from .hf_export import vit_config_from_clips, vit_from_clips_visual
 from .image_processing import clips_image_processor
 
@@ -85,9 +91,10 @@ class VisionTower(nn.Module):
     ``forward(images)``: ``[B,3,H,W]`` -> features ``[B,N,hidden]`` (``N`` = patches, +1 with
     ``select_feature="cls_patch"``), or a list of ``[3,H,W]`` -> a list of ``[1,N,hidden]``. Input
     is cast to the tower's dtype/device, output comes back in the input's dtype; runs under
-    ``no_grad`` while every tower parameter is frozen. Subclasses set :attr:`kind`,
-    :attr:`num_prefix_tokens` and implement ``claims``, ``_read_config``, ``_build_image_processor``,
-    ``_build_model``, ``_hidden_states`` and ``to_hf_vision_model``.
+    ``no_grad`` while every tower parameter is frozen. ``spec`` is the full spec (kept as
+    ``vision_tower_name``, as LLaVA does), :attr:`target` the part after the kind prefix. Subclasses
+    set :attr:`kind`, :attr:`num_prefix_tokens` and implement ``_read_config``,
+    ``_build_image_processor``, ``_build_model``, ``_hidden_states`` and ``to_hf_vision_model``.
     """
 
     kind = ""
@@ -101,6 +108,7 @@ class VisionTower(nn.Module):
             raise ValueError(f"{self.kind} towers have no CLS token: use select_feature='patch' ({spec})")
         self.is_loaded = False
         self.vision_tower_name = spec
+        self.target = spec_target(spec)
         self.select_layer = select_layer
         self.select_feature = select_feature
         self.cfg_only = self._read_config()
@@ -112,11 +120,6 @@ class VisionTower(nn.Module):
             self.load_model()
 
     # --- kind-specific -------------------------------------------------------------------
-    @classmethod
-    def claims(cls, spec: str) -> bool:
-        """Whether this kind handles ``spec``."""
-        raise NotImplementedError
-
     def _read_config(self):
         """The HF config of the tower (``image_size``, ``patch_size``, ``hidden_size``,
         ``num_hidden_layers``), read without loading weights."""
@@ -212,10 +215,6 @@ class VisionTower(nn.Module):
 
 # --- CLIPS ---------------------------------------------------------------------------------
 
-def _clips_target(spec: str) -> str:
-    return spec[len(CLIPS_PREFIX):] if spec.startswith(CLIPS_PREFIX) else spec
-
-
 def _is_clips_checkpoint(path: str) -> bool:
     """A CLIPS checkpoint path: official open_clip files, or a ``config.json`` that is a CLIPS
     config (an HF model folder also has a ``config.json`` and ``model.safetensors``)."""
@@ -266,12 +265,8 @@ class CLIPSVisionTower(VisionTower):
     kind = "clips"
     num_prefix_tokens = 1
 
-    @classmethod
-    def claims(cls, spec: str) -> bool:
-        return spec.startswith(CLIPS_PREFIX) or _is_clips_checkpoint(spec)
-
     def _read_config(self):
-        self.clips_config, self.weights_file = read_clips_checkpoint_config(_clips_target(self.vision_tower_name))
+        self.clips_config, self.weights_file = read_clips_checkpoint_config(self.target)
         return vit_config_from_clips(self.clips_config)
 
     def _build_image_processor(self):
@@ -323,25 +318,27 @@ class HFVisionTower(VisionTower):
     transformers' DeepSpeed integration is active); features are
     ``model(pixels, output_hidden_states=True).hidden_states[select_layer]``."""
 
-    model_types: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()  # config.json model_type values of this kind (bare-path fallback)
     model_class_name = ""
     config_class_name = ""
 
-    @classmethod
-    def claims(cls, spec: str) -> bool:
-        return _hf_model_type(spec) in cls.model_types
-
     def _read_config(self):
-        return getattr(transformers, self.config_class_name).from_pretrained(self.vision_tower_name)
+        if not Path(self.target).is_dir():
+            raise ValueError(f"{self.kind} tower {self.vision_tower_name!r}: {self.target} is not a local folder")
+        model_type = _hf_model_type(self.target)
+        if model_type not in self.model_types:
+            raise ValueError(f"{self.kind} tower {self.vision_tower_name!r}: {self.target}/config.json has model_type "
+                             f"{model_type!r}, expected one of {list(self.model_types)}")
+        return getattr(transformers, self.config_class_name).from_pretrained(self.target)
 
     def _build_image_processor(self):
         try:
-            return transformers.AutoImageProcessor.from_pretrained(self.vision_tower_name)
+            return transformers.AutoImageProcessor.from_pretrained(self.target)
         except OSError as e:
             raise ValueError(f"{self.vision_tower_name}: no image processor (preprocessor_config.json) found: {e}") from None
 
     def _build_model(self) -> nn.Module:
-        return getattr(transformers, self.model_class_name).from_pretrained(self.vision_tower_name, dtype=torch.float32)
+        return getattr(transformers, self.model_class_name).from_pretrained(self.target, dtype=torch.float32)
 
     def _hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vision_tower(pixels, output_hidden_states=True).hidden_states[self.select_layer]
@@ -372,23 +369,53 @@ class SiglipVisionTowerHF(HFVisionTower):
     config_class_name = "SiglipVisionConfig"
 
 
-TOWER_KINDS: dict[str, type[VisionTower]] = {
+# Spec prefix (before the ':') -> tower class. Every kind is named here; nothing else registers one.
+TOWER_KINDS: Mapping[str, type[VisionTower]] = MappingProxyType({
     "clips": CLIPSVisionTower,
     "clip": CLIPVisionTowerHF,
     "siglip": SiglipVisionTowerHF,
-}
+})
+# config.json model_type -> kind, for bare paths of HF vision folders (see bare_path_kind).
+HF_MODEL_TYPES: Mapping[str, str] = MappingProxyType(
+    {t: name for name, cls in TOWER_KINDS.items() for t in getattr(cls, "model_types", ())})
+
+
+def _split_prefix(spec: str) -> tuple[str | None, str]:
+    prefix, sep, rest = spec.partition(":")
+    return (prefix, rest) if sep and prefix in TOWER_KINDS else (None, spec)
+
+
+def spec_prefix(spec: str) -> str | None:
+    """The kind named by ``spec``'s prefix (``"clips"`` for ``clips:...``), or None for a bare path."""
+    return _split_prefix(spec)[0]
+
+
+def spec_target(spec: str) -> str:
+    """The part of ``spec`` after its kind prefix (the whole spec for a bare path)."""
+    return _split_prefix(spec)[1]
+
+
+def bare_path_kind(path: str) -> str:
+    """The documented fallback for a spec without a kind prefix, in this order: a folder whose
+    ``config.json`` has a ``model_type`` of :data:`HF_MODEL_TYPES` is that HF kind; a CLIPS
+    checkpoint (this project's folder/file or the official open_clip one) is ``clips``; anything
+    else is a ``ValueError`` naming the accepted forms. Named models always need ``clips:``."""
+    model_type = _hf_model_type(path)
+    if model_type in HF_MODEL_TYPES:
+        return HF_MODEL_TYPES[model_type]
+    if _is_clips_checkpoint(path):
+        return "clips"
+    raise ValueError(
+        f"unknown vision tower {path!r}: expected '<kind>:<target>' with kind one of {sorted(TOWER_KINDS)} "
+        f"(e.g. 'clips:<checkpoint or named model>', 'clip:<HF folder>'), a CLIPS checkpoint folder, or a "
+        f"folder with an HF vision model whose config.json model_type is one of {sorted(HF_MODEL_TYPES)}"
+    )
 
 
 def tower_kind(spec: str) -> str:
-    """The name of the kind in :data:`TOWER_KINDS` that handles ``spec``."""
-    for name, cls in TOWER_KINDS.items():
-        if cls.claims(spec):
-            return name
-    raise ValueError(
-        f"unknown vision tower {spec!r}: expected 'clips:<checkpoint or named model>', a CLIPS checkpoint "
-        f"folder, or a folder with an HF vision model whose config.json model_type is one of "
-        f"{sorted(t for c in TOWER_KINDS.values() for t in getattr(c, 'model_types', ()))}"
-    )
+    """The kind (key of :data:`TOWER_KINDS`) of ``spec``: its prefix, else :func:`bare_path_kind`."""
+    prefix = spec_prefix(spec)
+    return prefix if prefix is not None else bare_path_kind(spec)
 
 
 def load_vision_tower(spec: str, select_layer: int = -2, select_feature: str = "patch", delay_load: bool = False) -> VisionTower:

@@ -37,7 +37,7 @@ from .data import (CheckedData, CheckReport, DataCheckError, LlavaCollator, Llav
 from .feature_cache import CachedFeatureLlava, FeatureCache, build_feature_cache, cache_key
 from .stages import MODULE_PATHS, Stage, get_stage
 from .train_args import (SELECT_STRATEGIES, DataArguments, LlavaTrainingArguments, ModelArguments, SetupError,
-                         parse_args, trainable_modules, validate_args)
+                         lora_modules, parse_args, trainable_modules, validate_args)
 
 log = logging.getLogger(__name__)
 
@@ -190,17 +190,20 @@ def set_trainable(model: nn.Module, modules: Sequence[str]) -> None:
             model.get_submodule(path).requires_grad_(True)
 
 
-def add_lora(model: nn.Module, t: LlavaTrainingArguments, modules: Sequence[str]) -> nn.Module:
-    """Wrap ``model`` with peft LoRA on every linear layer of the language model; the other
-    trainable modules (the projector) train fully as ``modules_to_save`` (saved in the adapter).
+def add_lora(model: nn.Module, t: LlavaTrainingArguments, modules: Sequence[str],
+             lora: Sequence[str] = ("language_model",)) -> nn.Module:
+    """Wrap ``model`` with peft LoRA on every linear layer of the ``lora`` modules (default: the
+    language model; ``lm_head`` is never adapted); the other trainable ``modules`` (the projector,
+    a fully trained tower) train fully as ``modules_to_save`` (saved in the adapter). A module in
+    neither stays frozen: LoRA never lands on a part that was not asked for.
     With ``--bits 4|8`` the quantised model is first prepared for k-bit training."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if t.bits < 16:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-    prefix = MODULE_PATHS["language_model"][0] + "."
-    targets = [n for n, mod in model.named_modules() if n.startswith(prefix) and isinstance(mod, nn.Linear)]
-    full = [p for k in modules if k != "language_model" for p in MODULE_PATHS[k]]
+    prefixes = tuple(MODULE_PATHS[k][0] + "." for k in lora)
+    targets = [n for n, mod in model.named_modules() if n.startswith(prefixes) and isinstance(mod, nn.Linear)]
+    full = [p for k in modules if k not in lora for p in MODULE_PATHS[k]]
     config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, bias=t.lora_bias,
                         target_modules=targets, modules_to_save=full or None)
     return get_peft_model(model, config)
@@ -362,8 +365,10 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | 
 
 # ----------------------------------------------------------------------------- the stage
 
-def train(stage: Stage | str, m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> Path:
-    """Run ``stage`` with parsed arguments; returns ``--output_dir``.
+def train(stage: Stage | str, m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments,
+          callbacks: Sequence[Any] = ()) -> Path:
+    """Run ``stage`` with parsed arguments; returns ``--output_dir``. ``callbacks``: extra HF
+    ``TrainerCallback``s.
 
     Writes there: ``llava_args.json`` (resolved flags), ``data_check.json`` (the data report),
     ``trainer_state.json``/``train_results.json`` (loss log, steps/s), and the stage's artefact.
@@ -398,10 +403,15 @@ def train(stage: Stage | str, m: ModelArguments, d: DataArguments, t: LlavaTrain
                          f"config says {llava.config.image_seq_length}")
     if m.pretrain_mm_mlp_adapter:
         load_projector(llava, m.pretrain_mm_mlp_adapter)
-    set_trainable(llava, [k for k in modules if not (t.lora_enable and k == "language_model")])
+    lora = lora_modules(t)
+    set_trainable(llava, [k for k in modules if k not in lora])
     if t.gradient_checkpointing:
-        llava.enable_input_require_grads()  # frozen embeddings + checkpointing still need input grads
-    model = add_lora(llava, t, modules) if t.lora_enable else llava
+        # Frozen embeddings + checkpointing still need input grads. transformers hooks the input
+        # embeddings of every sub-model, the tower's patch embedding included, and the Trainer's
+        # gradient_checkpointing_enable() reaches the tower's blocks too, so a training tower is
+        # checkpointed like the LLM (tests/test_llava_tower_training.py checks both).
+        llava.enable_input_require_grads()
+    model = add_lora(llava, t, modules, lora) if t.lora_enable else llava
     cache = open_feature_cache(llava, data, d, processor.image_processor, t) if d.feature_cache else None
     if cache is not None:
         model = CachedFeatureLlava(llava)
@@ -414,7 +424,8 @@ def train(stage: Stage | str, m: ModelArguments, d: DataArguments, t: LlavaTrain
     pad_id = spec.tokenizer.pad_token_id if spec.tokenizer.pad_token_id is not None else spec.tokenizer.eos_token_id
     trainer = LlavaTrainer(model=model, args=t, train_dataset=dataset, data_collator=LlavaCollator(pad_id),
                            processing_class=processor, lr_overrides=lr_overrides(stage, t),
-                           modality_lengths=dataset.modality_lengths if t.group_by_modality_length else None)
+                           modality_lengths=dataset.modality_lengths if t.group_by_modality_length else None,
+                           callbacks=list(callbacks) or None)
     resume = any(out.glob("checkpoint-*"))
     metrics = trainer.train(resume_from_checkpoint=True if resume else None).metrics
     trainer.save_metrics("train", metrics)
@@ -423,14 +434,14 @@ def train(stage: Stage | str, m: ModelArguments, d: DataArguments, t: LlavaTrain
     info = {"stage": stage.name, "vision_tower": _assembly(base).get("tower"), "language_model": m.model_name_or_path,
             "projector_type": m.mm_projector_type, "vision_feature_layer": llava.config.vision_feature_layer,
             "vision_feature_select_strategy": llava.config.vision_feature_select_strategy,
-            "template": template.name}
+            "template": template.name, "trained": list(modules), "lora": list(lora)}
     SAVERS[stage.save](trainer, llava, out, info)
     if base == out.resolve() / BASE_DIR and not t.lora_enable and trainer.is_world_process_zero():
         shutil.rmtree(base)  # the trained artefact holds everything; a LoRA adapter still needs its base
     return out
 
 
-def run_stage(stage: Stage | str, argv: Sequence[str]) -> Path:
+def run_stage(stage: Stage | str, argv: Sequence[str], callbacks: Sequence[Any] = ()) -> Path:
     """Parse ``argv`` (LLaVA-style flags) and run ``stage``; returns the output folder."""
     stage = get_stage(stage) if isinstance(stage, str) else stage
-    return train(stage, *parse_args(stage, argv))
+    return train(stage, *parse_args(stage, argv), callbacks=callbacks)

@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .conversation import get_template
 from .data import ASPECT_MODES, POLICIES
 from .feature_cache import DTYPES
-from .stages import Stage, get_stage
+from .stages import TUNABLE_PARTS, Stage, get_stage
 
 # LLaVA's --mm_vision_select_feature -> HF's vision_feature_select_strategy.
 SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
@@ -40,6 +40,9 @@ class ModelArguments:
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={
         "help": "stage-1 projector (mm_projector.safetensors, or LLaVA's mm_projector.bin)"})
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "train the projector only"})
+    mm_tunable_parts: str | None = field(default=None, metadata={
+        "help": "LLaVA-NeXT: comma list of the parts that train, of mm_vision_tower, mm_mlp_adapter, "
+                "mm_language_model (default: the stage's; stage 1 trains only mm_mlp_adapter)"})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flash_attention_2"})
     mm_use_im_start_end: bool = field(default=False, metadata={"help": "LLaVA compatibility; must be False"})
     mm_use_im_patch_token: bool = field(default=False, metadata={"help": "LLaVA compatibility; must be False"})
@@ -76,10 +79,15 @@ class LlavaTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=16)
     lora_dropout: float = field(default=0.05)
     lora_bias: str = field(default="none", metadata={"choices": ["none", "all", "lora_only"]})
+    lora_target: str = field(default="mm_language_model", metadata={
+        "help": "comma list of trainable parts that get LoRA adapters (mm_language_model, mm_vision_tower); "
+                "other trainable parts train fully"})
     merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged HF LLaVA folder "
                                                               "(<output_dir>/merged)"})
     mm_projector_lr: float | None = field(default=None, metadata={"help": "projector learning rate "
                                                                           "(default --learning_rate)"})
+    mm_vision_tower_lr: float | None = field(default=None, metadata={"help": "vision tower learning rate when it "
+                                                                             "trains (default --learning_rate)"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "batches of one modality and "
                                                                             "similar length"})
     warmup_ratio: float | None = field(default=None, metadata={"help": "LLaVA's name: warm-up as a fraction of the "
@@ -119,9 +127,26 @@ def parse_args(stage: Stage | str, argv: Sequence[str]) -> tuple[ModelArguments,
     return parser.parse_args_into_dataclasses(args=stage.recipe_argv() + list(argv), look_for_args_file=False)
 
 
+def parse_parts(value: str, flag: str) -> tuple[str, ...]:
+    """Module keys of a comma list of LLaVA-NeXT part names (``mm_vision_tower,mm_mlp_adapter``)."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TUNABLE_PARTS]
+    if unknown or not names:
+        raise SetupError(f"--{flag} {value!r}: unknown part(s) {unknown}; choose from {list(TUNABLE_PARTS)}")
+    return tuple(dict.fromkeys(TUNABLE_PARTS[n] for n in names))
+
+
 def trainable_modules(stage: Stage, model_args: ModelArguments) -> tuple[str, ...]:
-    """Module keys that learn: the stage's, or only the projector with ``--tune_mm_mlp_adapter``."""
+    """Module keys that learn: ``--mm_tunable_parts``, else only the projector with
+    ``--tune_mm_mlp_adapter``, else the stage's."""
+    if model_args.mm_tunable_parts is not None:
+        return parse_parts(model_args.mm_tunable_parts, "mm_tunable_parts")
     return ("projector",) if model_args.tune_mm_mlp_adapter else stage.trainable
+
+
+def lora_modules(t: LlavaTrainingArguments) -> tuple[str, ...]:
+    """Module keys that train through LoRA adapters (none without ``--lora_enable``)."""
+    return parse_parts(t.lora_target, "lora_target") if t.lora_enable else ()
 
 
 def _ds_config(t: TrainingArguments) -> dict:
@@ -133,8 +158,25 @@ def _ds_config(t: TrainingArguments) -> dict:
 def validate_args(stage: Stage, m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> None:
     """Reject flag combinations that cannot work, before anything is loaded."""
     get_template(m.version or stage.template)
-    trainable = trainable_modules(stage, m)
+    trainable, lora = trainable_modules(stage, m), lora_modules(t)
+    part_name = {key: part for part, key in TUNABLE_PARTS.items()}
     problems = []
+    if m.mm_tunable_parts is not None and m.tune_mm_mlp_adapter:
+        problems.append("--tune_mm_mlp_adapter and --mm_tunable_parts both choose what trains; pass one")
+    beyond = [part_name[k] for k in trainable if k not in stage.tunable]
+    if beyond:
+        problems.append(f"stage {stage.name!r} saves only {', '.join(part_name[k] for k in stage.tunable)}: it cannot "
+                        f"train {', '.join(beyond)} (--mm_tunable_parts)")
+    if "projector" in lora:
+        problems.append("--lora_target mm_mlp_adapter: the projector always trains fully; LoRA targets "
+                        "mm_language_model and/or mm_vision_tower")
+    frozen_lora = [part_name[k] for k in lora if k not in trainable and k != "projector"]
+    if frozen_lora:
+        problems.append(f"--lora_enable adapts {', '.join(frozen_lora)} (--lora_target {t.lora_target}), which stage "
+                        f"{stage.name!r} keeps frozen here (--mm_tunable_parts)")
+    if t.mm_vision_tower_lr is not None and "vision_tower" not in trainable:
+        problems.append("--mm_vision_tower_lr is set but the vision tower is frozen: add mm_vision_tower to "
+                        "--mm_tunable_parts")
     if m.mm_use_im_start_end or m.mm_use_im_patch_token:
         problems.append("--mm_use_im_start_end/--mm_use_im_patch_token are not part of HF LLaVA-1.5; set them False")
     if m.mm_vision_select_feature not in SELECT_STRATEGIES:
@@ -145,14 +187,13 @@ def validate_args(stage: Stage, m: ModelArguments, d: DataArguments, t: LlavaTra
         problems.append(f"--bits must be 4, 8 or 16, got {t.bits}")
     if t.bits < 16 and not t.lora_enable:
         problems.append(f"--bits {t.bits} quantises the LLM, which then trains only through LoRA: add --lora_enable True")
-    if t.lora_enable and "language_model" not in trainable:
-        problems.append(f"--lora_enable adapts the language model, which stage {stage.name!r} keeps frozen")
     if t.merge_lora and not t.lora_enable:
         problems.append("--merge_lora needs --lora_enable")
     if d.feature_cache and not stage.feature_cache:
         problems.append(f"--feature_cache is for projector pretraining; stage {stage.name!r} does not support it")
     if d.feature_cache and "vision_tower" in trainable:
-        problems.append("--feature_cache needs a frozen vision tower")
+        problems.append("--feature_cache stores the frozen tower's features once; it cannot be used while the vision "
+                        "tower trains (mm_vision_tower in --mm_tunable_parts)")
     ds = _ds_config(t)
     if "optimizer" in ds and any(getattr(t, flag) is not None for flag in stage.lr_flags.values()):
         problems.append(f"the DeepSpeed config {t.deepspeed} builds DeepSpeed's own optimizer (one learning rate for "

@@ -79,3 +79,12 @@ def random_image(width: int = 57, height: int = 41, mode: str = "RGB", seed: int
     a = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(a, "RGB").convert(mode)
 
+
+
+def save_clips_folder(folder: Path, seed: int = 0) -> Path:
+    """A tiny CLIPS checkpoint folder (this project's format)."""
+    return save_clips(tiny_clips(seed), folder)
+
+
+# One tiny on-disk tower per kind of llava_integration.towers.TOWER_KINDS (swept by the tests).
+TOWER_FOLDERS = {"clips": save_clips_folder, "clip": save_hf_clip_vision, "siglip": save_hf_siglip_vision}

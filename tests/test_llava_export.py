@@ -14,7 +14,7 @@ from llava_tower_helpers import random_image, save_clips, save_hf_siglip_vision,
 import clips_tower
 from clips_cli.main import main as clips_main
 from llava_integration.assemble import assemble_llava
-from llava_integration.hf_export import export_vision_tower
+from llava_integration.export import export_vision_tower
 from llava_integration.tiny_llm import build_tiny_llm
 from llava_integration.towers import hf_vision_config_and_state
 

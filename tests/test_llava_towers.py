@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 from llava_tower_helpers import (
+    TOWER_FOLDERS,
     random_image,
     save_clips,
     save_hf_clip_full,
@@ -23,6 +24,7 @@ import clips_tower
 from clips_tower.checkpoint import CheckpointError
 from llava_integration.image_processing import clips_image_processor
 from llava_integration.towers import (
+    TOWER_KINDS,
     CLIPSVisionTower,
     CLIPVisionTowerHF,
     SiglipVisionTowerHF,
@@ -50,16 +52,40 @@ def test_registry_picks_the_kind_from_the_spec(towers):
     clips_dir, oc_dir = towers["clips"], towers["open_clip"]
     assert tower_kind(f"clips:{clips_dir}") == "clips"
     assert tower_kind(f"clips:{clips_dir / 'model.safetensors'}") == "clips"
-    assert tower_kind(str(oc_dir)) == "clips"  # bare CLIPS checkpoint folders are recognised too
     assert tower_kind("clips:clips-tiny") == "clips"
+    assert tower_kind(f"clip:{towers['hf_clip_full']}") == "clip"
+    # The bare-path fallback: HF model_type first, then a CLIPS checkpoint.
+    assert tower_kind(str(oc_dir)) == "clips"
     assert tower_kind(str(towers["hf_clip"])) == "clip"
     assert tower_kind(str(towers["hf_clip_full"])) == "clip"
     assert tower_kind(str(towers["hf_siglip"])) == "siglip"
     assert isinstance(load_vision_tower(str(towers["hf_siglip"]), delay_load=True), SiglipVisionTowerHF)
     with pytest.raises(ValueError, match="unknown vision tower 'no/such/tower'"):
         tower_kind("no/such/tower")
+    with pytest.raises(ValueError, match="unknown vision tower 'clips-tiny'"):  # named models need the prefix
+        tower_kind("clips-tiny")
     with pytest.raises(ValueError, match="not an existing checkpoint path and not a named model"):
         load_vision_tower("clips:no-such-model")
+    with pytest.raises(ValueError, match=r"config.json has model_type 'siglip_vision_model', expected one of \['clip'"):
+        load_vision_tower(f"clip:{towers['hf_siglip']}")
+    with pytest.raises(ValueError, match="is not a local folder"):
+        load_vision_tower("siglip:no/such/folder")
+
+
+@pytest.mark.parametrize("kind", sorted(TOWER_KINDS))
+def test_every_tower_kind_from_its_prefix_and_its_bare_path(kind, tmp_path):
+    """Swept from the registry: a kind added to TOWER_KINDS without a test folder fails here."""
+    folder = TOWER_FOLDERS[kind](tmp_path / kind)
+    for spec in (f"{kind}:{folder}", str(folder)):
+        assert tower_kind(spec) == kind
+        tower = load_vision_tower(spec)
+        assert type(tower) is TOWER_KINDS[kind] and tower.kind == kind and tower.vision_tower_name == spec
+        pixels = tower.image_processor(random_image(), return_tensors="pt")["pixel_values"]
+        features = tower(pixels)
+        assert features.shape == (1, tower.num_patches, tower.hidden_size)
+        with torch.no_grad():  # the stock HF model the tower exports gives the same features
+            hidden = tower.to_hf_vision_model()(pixels, output_hidden_states=True).hidden_states[-2]
+        torch.testing.assert_close(features, hidden[:, tower.num_prefix_tokens:], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["clips", "open_clip"])

@@ -19,7 +19,7 @@ from llava.model.multimodal_encoder import builder  # noqa: E402
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower  # noqa: E402
 
 from llava_integration import original_llava  # noqa: E402
-from llava_integration.towers import CLIPSVisionTower  # noqa: E402
+from llava_integration.towers import CLIPSVisionTower, CLIPVisionTowerHF  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_register_routes_clips_and_keeps_llava_towers(registered, clips_ckpt, tm
     hf = save_hf_clip_vision(tmp_path / "hf-clip")
     other = llava_arch.build_vision_tower(types.SimpleNamespace(mm_vision_tower=str(hf), mm_vision_select_layer=-2))
     assert type(other) is CLIPVisionTower  # LLaVA's own tower, untouched
+    ours = builder.build_vision_tower(types.SimpleNamespace(mm_vision_tower=f"clip:{hf}", mm_vision_select_layer=-2))
+    assert type(ours) is CLIPVisionTowerHF and ours.is_loaded  # every kind prefix routes to this project's towers
     with pytest.raises(ValueError, match="Unknown vision tower: not-a-tower"):
         builder.build_vision_tower(types.SimpleNamespace(mm_vision_tower="not-a-tower"))
     wrapped = builder.build_vision_tower
