@@ -144,6 +144,8 @@ def run_tower(spec: str, llm: str | Path, data: CompareData, out: Path, recipe: 
               seed: int, extra: Mapping[str, Sequence[str]], eval_batch_size: int) -> dict:
     """Stage 1 + stage 2 + lmms-eval for one tower into ``out`` (see the module docstring);
     returns its result record (also ``out/result.json``)."""
+    import torch
+
     from eval.lmms import runner
 
     from .towers import tower_kind
@@ -164,9 +166,6 @@ def run_tower(spec: str, llm: str | Path, data: CompareData, out: Path, recipe: 
     model_dir = previous / MERGED_DIR if (previous / MERGED_DIR).is_dir() else previous
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"{previous} holds no HF LLaVA folder to evaluate (a LoRA run needs --merge_lora True)")
-
-    import torch
-
     lmms_args = ["--model_args", f"pretrained={model_dir},dtype=float32", "--tasks", ",".join(tasks),
                  "--batch_size", str(eval_batch_size), "--device", "cuda" if torch.cuda.is_available() else "cpu",
                  "--output_path", str(out / "eval")]
