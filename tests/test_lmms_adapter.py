@@ -34,7 +34,7 @@ def chat_prompt(processor, text: str) -> str:
 
 def hf_generate(model, processor, image: Image.Image, text: str, max_new_tokens: int) -> str:
     """Greedy answer of the model for one image + question, unbatched."""
-    enc = processor(text=[chat_prompt(processor, text)], images=[image], return_tensors="pt", add_special_tokens=False)
+    enc = processor(text=[chat_prompt(processor, text)], images=[image], return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=processor.tokenizer.pad_token_id)
@@ -44,7 +44,7 @@ def hf_generate(model, processor, image: Image.Image, text: str, max_new_tokens:
 def hf_answer_nll(model, processor, image: Image.Image, text: str, answer: str) -> tuple[float, bool]:
     """-log P(answer | prompt) from the model's own loss (mean over the answer's tokens, encoded
     separately and appended), and whether the answer is the greedy continuation."""
-    enc = processor(text=[chat_prompt(processor, text)], images=[image], return_tensors="pt", add_special_tokens=False)
+    enc = processor(text=[chat_prompt(processor, text)], images=[image], return_tensors="pt")
     answer_ids = processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
     input_ids = torch.cat([enc["input_ids"], answer_ids], dim=1)
     labels = torch.full_like(input_ids, -100)
@@ -115,7 +115,7 @@ def test_entry_point_registers_clips_llava():
 
 def test_prompt_is_the_folders_vicuna_template(adapter):
     assert adapter.render_prompt("Is there a star?", 1) == (
-        "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
         "detailed, and polite answers to the user's questions. USER: <image>\nIs there a star? ASSISTANT:")
     assert adapter.render_prompt("<image>\nIs there a star?", 1) == adapter.render_prompt("Is there a star?", 1)
     with pytest.raises(ValueError, match="the context has 2 <image> placeholders but 1 images"):

@@ -57,7 +57,7 @@ def train_tiny_llava(base: Path, train_data: Path, task_dir: Path, out: Path) ->
         prompts = [processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task_prompt(config, d)}]}],
             add_generation_prompt=True, tokenize=False) + f" {d['answer']}{tok.eos_token}" for d in docs]
-        enc = processor(text=prompts, images=[decode_image(d["image"]) for d in docs], add_special_tokens=False)
+        enc = processor(text=prompts, images=[decode_image(d["image"]) for d in docs])
         for ids, pixels, d in zip(enc["input_ids"], enc["pixel_values"], docs):
             n_answer = len(tok(f" {d['answer']}{tok.eos_token}", add_special_tokens=False)["input_ids"])
             examples.setdefault(task, []).append((torch.tensor(ids), n_answer, torch.as_tensor(pixels)))

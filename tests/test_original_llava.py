@@ -132,6 +132,6 @@ def test_chat_template_renders_llava_vicuna_v1():
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
                 {"role": "assistant", "content": "A red circle."}, {"role": "user", "content": "Colour?"},
                 {"role": "assistant", "content": "Red."}]
-    assert tok.apply_chat_template(messages, tokenize=False) == "<s>" + conv.get_prompt()
+    assert tok.apply_chat_template(messages, tokenize=False) == conv.get_prompt()
     conv.messages[-1][1] = None  # LLaVA's generation prompt
-    assert tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True) == "<s>" + conv.get_prompt()
+    assert tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True) == conv.get_prompt()
