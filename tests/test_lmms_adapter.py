@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,12 @@ def test_loglikelihood_pairs_reach_the_task_unstringified():
     assert evaluator.unwrap_generation_output("text") == ("text", None)
     assert evaluator.unwrap_generation_output(GenerationResult("t")) == ("t", None)
     assert keep_loglikelihood_pairs() is False  # idempotent
+
+
+def test_the_chat_template_module_pulls_in_no_training_code():
+    """eval imports the vicuna template from a leaf module: importing it loads no other module of
+    llava_integration (conversation, data, training) and nothing heavy."""
+    code = ("import sys, llava_integration.chat_template as c; assert c.VICUNA_CHAT_TEMPLATE; "
+            "print(sorted(m for m in sys.modules if m.startswith(('llava_integration', 'torch', 'transformers'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['llava_integration', 'llava_integration.chat_template']"
