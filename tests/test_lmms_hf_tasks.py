@@ -153,3 +153,19 @@ def test_clips_eval_lmms_reports_the_bad_dataset_before_running(tmp_path, capsys
     assert main(["eval", "lmms", "--data-dir", str(tmp_path), "--model_args", "pretrained=x", "--tasks", "gqa"]) == 1
     err = capsys.readouterr().err
     assert "task gqa:" in err and "testdev_balanced_instructions" in err and "no column 'imageId'" in err
+
+
+def test_argv_for_llava_hf_in_another_working_directory(tmp_path, monkeypatch):
+    """llava_hf gets a real device and device_map (its defaults fail on transformers 5 / without
+    CUDA) unless given; relative paths become absolute because lmms-eval runs in the data folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    argv = runner.lmms_eval_argv(["--model", "llava_hf", "--model_args", "pretrained=model,dtype=float32",
+                                  "--device", "cpu", "--tasks", "pope", "--output_path", "out"], absolute=True)
+    assert argv[argv.index("--model_args") + 1] == f"pretrained={tmp_path / 'model'},dtype=float32,device_map=cpu"
+    assert argv[argv.index("--output_path") + 1] == str(tmp_path / "out")
+    argv = runner.lmms_eval_argv(["--model", "llava_hf", "--model_args", "pretrained=hub/id,device_map=auto",
+                                  "--device", "cuda:1"])
+    assert argv[argv.index("--model_args") + 1] == "pretrained=hub/id,device_map=auto"  # the user's choice stays
+    argv = runner.lmms_eval_argv(["--model_args=pretrained=model"])  # clips_llava: unchanged
+    assert argv == ["--model_args=pretrained=model", "--model", "clips_llava", "--output_path", runner.DEFAULT_OUTPUT]
