@@ -169,3 +169,13 @@ def test_argv_for_llava_hf_in_another_working_directory(tmp_path, monkeypatch):
     assert argv[argv.index("--model_args") + 1] == "pretrained=hub/id,device_map=auto"  # the user's choice stays
     argv = runner.lmms_eval_argv(["--model_args=pretrained=model"])  # clips_llava: unchanged
     assert argv == ["--model_args=pretrained=model", "--model", "clips_llava", "--output_path", runner.DEFAULT_OUTPUT]
+
+
+def test_a_task_file_named_like_results_is_not_a_finished_run(tmp_path):
+    """MMBench writes ``submissions/mmbench_en_dev_results.json`` before its aggregation can fail:
+    only lmms-eval's own results file (with a ``results`` table) counts."""
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "mmbench_en_dev_results.json").write_text('{"overall_acc": 0.0}')
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "20260101_000000_results.json").write_text('{"results": {}}')
+    assert runner._results_files(tmp_path) == {tmp_path / "m" / "20260101_000000_results.json"}

@@ -18,6 +18,7 @@ exit status 0; :func:`run_lmms_eval` turns "no new results file" into :class:`Lm
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -149,6 +150,20 @@ def requested_tasks(argv: Sequence[str]) -> list[str]:
     return [t for t in (_flag_value(argv, "--tasks") or "").split(",") if t]
 
 
+def _results_files(out: Path) -> set[Path]:
+    """lmms-eval's results files under ``out``: ``<model>/<date>_results.json`` holding a
+    ``results`` table (tasks also write files of that name pattern, e.g. MMBench's
+    ``submissions/mmbench_en_dev_results.json``, which must not count as a finished run)."""
+    found = set()
+    for path in out.rglob("*_results.json"):
+        try:
+            if "results" in json.loads(path.read_text(encoding="utf-8")):
+                found.add(path)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def run_lmms_eval(argv: Sequence[str], cwd: str | Path | None = None) -> Path:
     """Run ``python -m lmms_eval *argv`` (output streams through) in ``cwd`` (default: here) and
     return the results JSON it wrote (``<output_path>/<model>/<date>_results.json``); raises
@@ -159,9 +174,9 @@ def run_lmms_eval(argv: Sequence[str], cwd: str | Path | None = None) -> Path:
     out = Path(_flag_value(argv, "--output_path"))
     if cwd is not None and not out.is_absolute():
         raise ValueError(f"--output_path {out} must be absolute when lmms-eval runs in {cwd} (lmms_eval_argv(absolute=True))")
-    before = set(out.rglob("*_results.json"))
+    before = _results_files(out)
     status = subprocess.run([sys.executable, "-m", "lmms_eval", *argv], cwd=cwd).returncode
-    written = set(out.rglob("*_results.json")) - before
+    written = _results_files(out) - before
     if status != 0 or not written:
         raise LmmsEvalError(f"lmms-eval exited with status {status} and wrote no results under {out} "
                             f"(its error is printed above)")
