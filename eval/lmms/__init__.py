@@ -4,6 +4,7 @@
 - :mod:`eval.lmms.plugin`: the ``lmms_eval.models`` entry point that registers it.
 - :mod:`eval.lmms.taskdata`: synthetic POPE / GQA / MMBench-shaped data (coloured shapes).
 - :mod:`eval.lmms.tasks`: the task YAMLs and their ``doc_to_*`` / metric functions.
+- :mod:`eval.lmms.hf_layout`: local datasets in the HF layout of lmms-eval's own pope/gqa/mme/mmbench.
 - :mod:`eval.lmms.runner`: installs the task YAMLs next to a data folder and runs lmms-eval's CLI.
 
 Nothing here imports lmms-eval until lmms-eval loads the adapter.
