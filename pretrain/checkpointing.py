@@ -10,6 +10,10 @@ A checkpoint folder holds
 - ``config.yaml``: the resolved run config;
 - ``deepspeed/`` (DeepSpeed runs only): DeepSpeed's optimizer partitions.
 
+The run state (:class:`RunState`: step, data position, skipped-sample counts, NaN/Inf skips,
+RNG) is turned into the ``trainer_state.pt`` record and back by :func:`run_state_dict` and
+:func:`restore_run_state`.
+
 Everything is written into ``.step_<n>.tmp`` and renamed once complete (all ranks write their
 parts there first), so a killed run never leaves a half checkpoint under a final name; older
 checkpoints beyond ``keep_last`` are then deleted. Re-saving an existing step moves the old folder
@@ -19,9 +23,12 @@ to ``.step_<n>.old`` until the new one is in place (``resume: auto`` puts it bac
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,12 +37,66 @@ import torch
 from clips_tower.checkpoint import CheckpointError, model_from_state_dict, save_model
 from clips_tower.io import atomic_write_text
 
-from .distributed import barrier
+from .data.errors import add_counts
+from .distributed import all_gather_objects, barrier
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides weights and optimizer: this rank's data position
+    (``cursors``: logical worker -> ``(epoch, position)``, ``next_worker``), its skipped-sample
+    counts by reason, and the number of steps skipped for NaN/Inf so far."""
+
+    step: int = 0
+    cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
+    next_worker: int = 0
+    bad_samples: Counter = field(default_factory=Counter)
+    epoch: int = 0
+    nonfinite_skips: int = 0
+
+
+def run_state_dict(state: RunState, *, image_size: int, world: int, num_workers: int,
+                   device: torch.device) -> dict[str, Any]:
+    """The ``trainer_state.pt`` record of ``state`` (collective: every rank's data position and
+    skipped-sample counts are gathered under ``ranks``, in rank order), with the RNG states."""
+    ranks = all_gather_objects({"cursors": state.cursors, "next_worker": state.next_worker,
+                                "bad": dict(state.bad_samples)})
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {"step": state.step, "image_size": image_size, "world": world, "num_workers": num_workers,
+            "ranks": ranks, "epoch": state.epoch, "nonfinite_skips": state.nonfinite_skips, "rng": rng}
+
+
+def restore_run_state(record: dict[str, Any], *, rank: int, world: int, num_workers: int,
+                      device: torch.device) -> RunState:
+    """Rank ``rank``'s :class:`RunState` from a :func:`run_state_dict` record, and the RNG states
+    restored. The data position carries over only when the layout (``world`` ranks x
+    ``num_workers`` loader workers) is unchanged; otherwise the stream restarts at the next epoch."""
+    state = RunState(step=record["step"], epoch=record.get("epoch", 0),
+                     nonfinite_skips=record.get("nonfinite_skips", 0))
+    ranks = record["ranks"]
+    mine = ranks[rank] if rank < len(ranks) else {}
+    add_counts(state.bad_samples, mine.get("bad", {}))
+    if record["world"] == world and record["num_workers"] == num_workers:
+        state.cursors = {int(k): tuple(v) for k, v in mine["cursors"].items()}
+        state.next_worker = mine["next_worker"]
+    else:
+        epoch = 1 + max((c[0] for r in ranks for c in r["cursors"].values()), default=-1)
+        log.warning("data layout changed (world %s -> %s, workers %s -> %s): data restarts at epoch %d",
+                    record["world"], world, record["num_workers"], num_workers, epoch)
+        state.cursors = {g: (epoch, 0) for g in range(world * max(1, num_workers))}
+    torch.set_rng_state(record["rng"]["torch"])
+    if "cuda" in record["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(record["rng"]["cuda"], device)
+    return state
 
 
 def step_dir(out_dir: str | Path, step: int) -> Path:

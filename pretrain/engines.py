@@ -7,10 +7,11 @@
 - ``deepspeed``: ZeRO (stage from the config, 2 by default) around the same torch AdamW and
   schedule.
 
-Every engine exposes the same small interface to the trainer: ``module`` (call it for forward),
-``sync(enabled)`` (gradient synchronisation off during accumulation micro-steps),
-``backward(loss)``, ``step() -> grad norm``, ``lr``, and full (unsharded) state dicts for
-checkpoints, so a run can resume under a different engine from the same checkpoint files.
+Every engine implements :class:`Engine`: ``module`` (call it for forward), ``sync(enabled)``
+(gradient synchronisation off during accumulation micro-steps), ``backward(loss)``,
+``step() -> grad norm``, ``lr``, full (unsharded) state dicts for checkpoints (so a run can resume
+under a different engine from the same checkpoint files), and its capabilities stated explicitly
+(``can_skip_update``, :meth:`Engine.gradients_to_check`) rather than inferred from its class.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import functools
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, ContextManager, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -104,8 +106,57 @@ def _resize_moments(osd: dict, grid: int) -> None:
         state["exp_avg_sq"].clamp_(min=0)  # bicubic overshoot must not make a second moment negative
 
 
+@runtime_checkable
+class Engine(Protocol):
+    """What the trainer needs from a training engine (one per ``dist.strategy`` in :data:`ENGINES`).
+
+    ``module``: the wrapped objective (call it for forward). ``can_skip_update``: True when the
+    parameter update happens in :meth:`step`, so a step found non-finite after backward can still be
+    dropped (:meth:`skip_update`); False when the engine updates inside :meth:`backward` (DeepSpeed).
+    """
+
+    module: nn.Module
+    can_skip_update: ClassVar[bool]
+
+    def sync(self, enabled: bool) -> ContextManager:
+        """Context for one micro-step: gradient synchronisation only when ``enabled`` (the last one)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradients of ``loss`` (a 0-dim tensor)."""
+
+    def gradients_to_check(self) -> list[torch.Tensor] | None:
+        """The accumulated gradients whose NaN/Inf makes the step faulty, before :meth:`step`; None
+        when the engine needs no check (it handles overflow itself or has already updated)."""
+
+    def skip_update(self) -> None:
+        """Drop this step's gradients without updating (the schedule still advances); only when
+        ``can_skip_update``."""
+
+    def step(self) -> float:
+        """Apply the update (clipping included); returns the gradient norm before clipping."""
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the next step."""
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full objective state dict on rank 0 (collective)."""
+
+    def state_dict(self) -> dict:
+        """Optimizer/scheduler state for the trainer-state file (rank 0)."""
+
+    def load_state_dict(self, state: dict, folder: Path, new_grid: int | None) -> None:
+        """Restore :meth:`state_dict` output (and files under ``folder``); ``new_grid``: patches per
+        side when the resolution changed since the checkpoint."""
+
+    def save_extra(self, folder: Path) -> None:
+        """Write engine-specific files into checkpoint folder ``folder`` (every rank)."""
+
+
 class TorchEngine:
     """AdamW + LambdaLR (+ GradScaler for fp16) around the objective, plain, DDP or FSDP2."""
+
+    can_skip_update: ClassVar[bool] = True  # the update happens in step()
 
     def __init__(self, objective: nn.Module, *, strategy: str, device: torch.device, world: int, optim_cfg,
                  lr_factor: Callable[[int], float], precision: str, grad_clip: float | None,
@@ -130,6 +181,8 @@ class TorchEngine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.params = [p for p in objective.parameters() if p.requires_grad]
+        # Under fp16 the GradScaler finds inf gradients itself (and lowers its scale): not a fault.
+        self.checks_gradients = precision != "fp16"
 
     def _fully_shard(self, objective: nn.Module) -> nn.Module:
         """Shard every transformer block, then the vision and text towers (so ``encode_image`` /
@@ -163,6 +216,17 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradients of ``loss`` (scaled for fp16)."""
         self.scaler.scale(loss).backward()
+
+    def gradients_to_check(self) -> list[torch.Tensor] | None:
+        """This rank's accumulated gradients (None under fp16, where the GradScaler handles overflow)."""
+        return [p.grad for p in self.params if p.grad is not None] if self.checks_gradients else None
+
+    def skip_update(self) -> None:
+        """Drop the gradients and advance the schedule, which follows the step counter (skipped steps included)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # torch warns when the very first step is the skipped one
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
 
     def reduce_replicated_grads(self) -> None:
         """Average the gradients of the parameters FSDP2 leaves replicated (scalars) over ranks."""
@@ -222,6 +286,8 @@ class TorchEngine:
 class DeepSpeedEngine:
     """DeepSpeed ZeRO around the torch AdamW + LambdaLR (DeepSpeed steps them at boundaries)."""
 
+    can_skip_update: ClassVar[bool] = False  # DeepSpeed applies the update inside backward()
+
     def __init__(self, objective: nn.Module, *, device: torch.device, world: int, optim_cfg,
                  lr_factor: Callable[[int], float], precision: str, grad_clip: float | None, micro_batch_size: int,
                  accum_steps: int, zero_stage: int, deepspeed_config: str | None, **_) -> None:
@@ -260,6 +326,14 @@ class DeepSpeedEngine:
         objective already normalises over the accumulated batch, so no 1/accum scaling here."""
         self.module.backward(loss, scale_wrt_gas=False)
         self.module.step()
+
+    def gradients_to_check(self) -> None:
+        """None: by the time gradients could be checked, DeepSpeed has applied them."""
+        return None
+
+    def skip_update(self) -> None:
+        """Not possible: the update happened in the last :meth:`backward`."""
+        raise RuntimeError("DeepSpeedEngine cannot skip an update: it applies it inside backward()")
 
     def step(self) -> float:
         """The update happened in the last :meth:`backward`; returns the gradient norm."""
@@ -308,4 +382,4 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-ENGINES: dict[str, type] = {"ddp": TorchEngine, "fsdp2": TorchEngine, "deepspeed": DeepSpeedEngine}
+ENGINES: dict[str, type[Engine]] = {"ddp": TorchEngine, "fsdp2": TorchEngine, "deepspeed": DeepSpeedEngine}

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,53 +26,43 @@ import clips_tower
 from clips_tower.checkpoint import WEIGHTS_FILE, check_state_dict, resolve_checkpoint
 from clips_tower.flops import model_flops
 from clips_tower.io import atomic_write_json, atomic_write_text
-from clips_tower.tokenizer import PAD_ID, check_tokenizer_fits
+from clips_tower.tokenizer import check_tokenizer_fits
 
 from . import distributed as D
-from .checkpointing import MODEL_DIR, list_checkpoints, load_trainer_state, prune_checkpoints, resolve_resume, save_checkpoint, step_dir
+from .checkpointing import (MODEL_DIR, RunState, list_checkpoints, load_trainer_state, prune_checkpoints,
+                            resolve_resume, restore_run_state, run_state_dict, save_checkpoint, step_dir)
 from .config import PretrainConfig
 from .data.decode import SampleProcessor
 from .data.errors import add_counts
 from .data.sources import SourceOptions, open_source
 from .data.stream import StreamConfig, TrainStream, make_loader
-from .engines import ENGINES, TorchEngine, autocast
+from .engines import ENGINES, Engine
 from .losses import CLIPSLoss
 from .metrics import RunLogger, matmul_tflops
-from .nonfinite import GRADIENT, NonFiniteError, NonFiniteStep, agreed_nonfinite, first_nonfinite_parameter, flag_nonfinite
-from .objective import CLIPSObjective, FeatureBank
+from .nonfinite import NonFiniteError, NonFiniteStep, first_nonfinite_parameter
+from .objective import CLIPSObjective
 from .optim import stage_lr_factors
 from .recipes import PREFIX_TEXT, build_recipe
+from .step import StepSettings, handle_nonfinite, train_step
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
 @dataclass
-class RunState:
-    """What a resumed run needs besides weights and optimizer: this rank's data position
-    (``cursors`` per logical worker, ``next_worker``), skipped-sample counts and the number of
-    steps skipped for NaN/Inf so far."""
-
-    step: int = 0
-    cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
-    next_worker: int = 0
-    bad: Counter = field(default_factory=Counter)
-    epoch: int = 0
-    nonfinite_skips: int = 0
-
-
-@dataclass
 class Session:
-    """One stage's live objects."""
+    """One stage's live objects: the objective, its engine and (unless built ``with_data=False``)
+    the iterator over collated micro-batches; ``flops_fn`` maps caption tokens per sample to
+    training FLOPs per sample."""
 
     stage: int
     image_size: int
     micro_batch_size: int
     accum_steps: int
     objective: CLIPSObjective
-    engine: object
-    batches: object  # iterator over the data loader
-    flops_fn: object  # caption tokens per sample -> training FLOPs per sample
+    engine: Engine
+    batches: Iterator[dict] | None
+    flops_fn: Callable[[float], float]
 
 
 class _Unaugmented:
@@ -114,6 +104,8 @@ class Trainer:
             bounds.append((start, start + st.steps))
             start += st.steps
         self.bounds = bounds
+        self.step_settings = StepSettings(self.dist.device, self.dist.world, t.precision, cfg.loss.contrastive_weight,
+                                          cfg.loss.caption_weight)
         self.source = None  # opened with the first data stream
         self.dataset_size: int | None = None  # data.num_samples, or counted from sizes.json / footers
         self._eval_set = None
@@ -226,76 +218,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, s: Session, batches: list[dict]) -> tuple[dict[str, float], float]:
-        """One optimizer step over ``accum_steps`` micro-batches; returns (rank-averaged loss
-        terms + ``grad_norm`` + ``lr``, supervised caption tokens in the global batch)."""
-        dev, prec, eng = self.dist.device, self.cfg.train.precision, s.engine
-        mbs = [{"images": b["images"].to(dev, non_blocking=True),
-                "texts": {n: t.to(dev, non_blocking=True) for n, t in b["texts"].items()},
-                "targets": b["targets"].to(dev, non_blocking=True) if b["targets"] is not None else None}
-               for b in batches]
-        tokens = sum(int((m["targets"][:, 1:] != PAD_ID).sum()) for m in mbs if m["targets"] is not None)
-        tokens_total = D.all_reduce_sum(torch.tensor(float(tokens), device=dev))
-        caption_norm = tokens_total / self.dist.world
-        bank = None
-        if len(mbs) > 1:
-            with torch.no_grad(), autocast(dev, prec):
-                feats = [eng.module(m["images"], m["texts"], features_only=True) for m in mbs]
-            bank = FeatureBank(torch.cat([f[0] for f in feats]),
-                               {n: torch.cat([f[1][n] for f in feats]) for n in feats[0][1]}, feats[0][0].shape[0])
-        lr = eng.lr
-        logged: dict[str, torch.Tensor] = {}
-        flags: dict[str, torch.Tensor] = {}  # loss term -> NaN/Inf seen in any micro-batch (kept on device)
-        for j, m in enumerate(mbs):
-            last = j == len(mbs) - 1
-            with eng.sync(last):
-                with autocast(dev, prec):
-                    terms = eng.module(m["images"], m["texts"], m["targets"], bank=bank, micro=j, live_scale=last,
-                                       caption_norm=caption_norm)
-                eng.backward(terms["loss"])
-            flag_nonfinite(flags, terms)
-            for k, v in terms.items():
-                if k == "caption":  # per micro-batch share of the global mean: add up
-                    logged[k] = logged.get(k, 0) + v.detach()
-                elif k != "loss":  # contrastive terms cover the whole bank: the last one is the step's
-                    logged[k] = v.detach()
-        skippable = isinstance(eng, TorchEngine)  # DeepSpeed applies the update inside backward()
-        # Under fp16 the GradScaler finds inf gradients itself (and lowers its scale): not a fault.
-        grads = [p.grad for p in eng.params if p.grad is not None] if skippable and prec != "fp16" else None
-        bad = agreed_nonfinite(flags, grads, dev)
-        if bad:
-            if skippable:
-                eng.optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():  # torch warns when the very first step is the skipped one
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    eng.scheduler.step()  # the schedule follows the step counter, skipped steps included
-            raise NonFiniteStep(bad, skipped=skippable)
-        grad_norm = eng.step()
-        names = sorted(logged)
-        values = D.all_reduce_sum(torch.stack([logged[k].float().reshape(()) for k in names])) / self.dist.world
-        out = dict(zip(names, values.tolist()))
-        out["loss"] = self.cfg.loss.contrastive_weight * out["contrastive"] + self.cfg.loss.caption_weight * out.get("caption", 0.0)
-        out.update(grad_norm=grad_norm, lr=lr)
-        return out, float(tokens_total)
+        """One optimizer step of session ``s`` over ``accum_steps`` micro-batches (see
+        :func:`pretrain.step.train_step`); returns (rank-averaged loss terms + ``grad_norm`` + ``lr``,
+        supervised caption tokens in the global batch)."""
+        return train_step(s.engine, batches, self.step_settings)
 
     # ------------------------------------------------------------------ checkpoints and eval
     def save(self, s: Session, state: RunState) -> Path:
         """Checkpoint after ``state.step`` (collective). Raises :class:`NonFiniteError` instead of
         writing weights that hold NaN/Inf."""
         folder = step_dir(self.out, state.step)
-        bad = first_nonfinite_parameter(s.objective.named_parameters(), self.dist.device)
-        if bad is not None:
-            raise NonFiniteError(f"step {state.step}: parameter {bad!r} holds NaN/Inf; not writing checkpoint "
+        bad_param = first_nonfinite_parameter(s.objective.named_parameters(), self.dist.device)
+        if bad_param is not None:
+            raise NonFiniteError(f"step {state.step}: parameter {bad_param!r} holds NaN/Inf; not writing checkpoint "
                                  f"{folder}; {self._last_checkpoint()}")
-        everyone = D.all_gather_objects({"cursors": state.cursors, "next_worker": state.next_worker,
-                                         "bad": dict(state.bad)})
-        trainer_state = {
-            "step": state.step, "image_size": s.image_size, "world": self.dist.world,
-            "num_workers": self.cfg.data.num_workers, "ranks": everyone, "epoch": state.epoch,
-            "nonfinite_skips": state.nonfinite_skips,
-            "rng": {"torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state(self.dist.device)} if self.dist.device.type == "cuda" else {})},
-            **s.engine.state_dict(),
-        }
+        trainer_state = {**run_state_dict(state, image_size=s.image_size, world=self.dist.world,
+                                          num_workers=self.cfg.data.num_workers, device=self.dist.device),
+                         **s.engine.state_dict()}
         save_checkpoint(folder, is_main=self.dist.is_main, objective_state=s.engine.model_state_dict(),
                         model_config=s.objective.model.config, tokenizer=self.tokenizer, trainer_state=trainer_state,
                         config_yaml=self.cfg.to_yaml(), write_extra=s.engine.save_extra)
@@ -305,26 +244,10 @@ class Trainer:
         return folder
 
     def restore_state(self, ckpt_state: dict) -> RunState:
-        """This rank's :class:`RunState` from a checkpoint (data position only when the worker
-        layout is unchanged; otherwise the stream restarts at the next epoch)."""
-        state = RunState(step=ckpt_state["step"], epoch=ckpt_state.get("epoch", 0),
-                         nonfinite_skips=ckpt_state.get("nonfinite_skips", 0))
-        ranks = ckpt_state["ranks"]
-        mine = ranks[self.dist.rank] if self.dist.rank < len(ranks) else {}
-        add_counts(state.bad, mine.get("bad", {}))
-        same = ckpt_state["world"] == self.dist.world and ckpt_state["num_workers"] == self.cfg.data.num_workers
-        if same:
-            state.cursors = {int(k): tuple(v) for k, v in mine["cursors"].items()}
-            state.next_worker = mine["next_worker"]
-        else:
-            epoch = 1 + max((c[0] for r in ranks for c in r["cursors"].values()), default=-1)
-            log.warning("data layout changed (world %s -> %s, workers %s -> %s): data restarts at epoch %d",
-                        ckpt_state["world"], self.dist.world, ckpt_state["num_workers"], self.cfg.data.num_workers, epoch)
-            state.cursors = {g: (epoch, 0) for g in range(self.dist.world * max(1, self.cfg.data.num_workers))}
-        torch.set_rng_state(ckpt_state["rng"]["torch"])
-        if "cuda" in ckpt_state["rng"] and self.dist.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt_state["rng"]["cuda"], self.dist.device)
-        return state
+        """This rank's :class:`RunState` from a checkpoint's trainer state (see
+        :func:`pretrain.checkpointing.restore_run_state`)."""
+        return restore_run_state(ckpt_state, rank=self.dist.rank, world=self.dist.world,
+                                 num_workers=self.cfg.data.num_workers, device=self.dist.device)
 
     def check_checkpoint_fits(self, ckpt: Path, image_size: int) -> None:
         """Raise :class:`~clips_tower.checkpoint.CheckpointError` (naming every key, the file and both
@@ -345,21 +268,6 @@ class Trainer:
     def _last_checkpoint(self) -> str:
         found = list_checkpoints(self.out)
         return f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
-
-    def _skip_nonfinite(self, e: NonFiniteStep, state: RunState) -> dict[str, float]:
-        """Count a skipped non-finite step, or raise :class:`NonFiniteError` past the limit (or when
-        the engine could not skip it)."""
-        step, limit = state.step + 1, self.cfg.train.max_nonfinite_skips
-        terms = [w for w in e.what if w != GRADIENT]
-        what = " and ".join(([f"loss term(s) {', '.join(terms)}"] if terms else [])
-                            + (["gradient"] if GRADIENT in e.what else []))
-        if not e.skipped or state.nonfinite_skips >= limit:
-            why = ("the DeepSpeed engine had already applied the update" if not e.skipped else
-                   f"{state.nonfinite_skips} step(s) skipped already, train.max_nonfinite_skips={limit}")
-            raise NonFiniteError(f"step {step}: non-finite {what} ({why}); stopping; {self._last_checkpoint()}")
-        state.nonfinite_skips += 1
-        log.warning("step %d: non-finite %s: update skipped (%d of at most %d)", step, what, state.nonfinite_skips, limit)
-        return {}
 
     def evaluate(self, s: Session) -> dict[str, float]:
         """Zero-shot retrieval on ``eval.dataset`` (rank 0; every rank under FSDP2, whose towers
@@ -386,8 +294,8 @@ class Trainer:
         return bool(e.dataset) and (done or (e.every_steps > 0 and step % e.every_steps == 0))
 
     def _run_eval(self, s: Session) -> dict[str, float]:
-        everyone = self.cfg.dist.strategy == "fsdp2" and self.dist.world > 1
-        res = self.evaluate(s) if (self.dist.is_main or everyone) else {}
+        towers_sharded = self.cfg.dist.strategy == "fsdp2" and self.dist.world > 1  # every rank must take part
+        res = self.evaluate(s) if (self.dist.is_main or towers_sharded) else {}
         D.barrier()
         return res
 
@@ -431,14 +339,14 @@ class Trainer:
         finally:
             logger.close()
         elapsed = time.perf_counter() - started
-        bad = add_counts(Counter(), D.all_gather_objects(dict(state.bad)))
+        bad_samples = self._bad_samples_all_ranks(state)
         saved = list_checkpoints(self.out)
         summary = {
             "steps": state.step, "total_steps": cfg.total_steps, "stopped_early": stopped,
             "samples_seen": state.step * t.global_batch_size, "resumed_from": resumed_from,
             "steps_this_run": state.step - start_step, "wall_time_s": round(elapsed, 3),
             "samples_per_s": (state.step - start_step) * t.global_batch_size / elapsed if elapsed > 0 else None,
-            "bad_samples": dict(sorted(bad.items())), "final_metrics": last, "eval": evals,
+            "bad_samples": dict(sorted(bad_samples.items())), "final_metrics": last, "eval": evals,
             "checkpoint": str(saved[-1][1]) if saved else None,
         }
         if self.dist.is_main:
@@ -447,56 +355,81 @@ class Trainer:
                      summary["samples_per_s"] or 0, summary["bad_samples"] or "none")
         return summary
 
+    def _next_batches(self, s: Session, state: RunState) -> list[dict]:
+        """The step's ``accum_steps`` micro-batches; ``state`` moves to the data position after them."""
+        workers = max(1, self.cfg.data.num_workers)
+        batches = [next(s.batches) for _ in range(s.accum_steps)]
+        for b in batches:
+            state.cursors[b["worker"]] = (b["epoch"], b["position"])
+            state.next_worker = (b["worker"] - self.dist.rank * workers + 1) % workers
+            state.epoch = b["epoch"]
+            add_counts(state.bad_samples, b["bad"])
+        return batches
+
+    def _step_or_skip(self, s: Session, batches: list[dict], state: RunState) -> tuple[dict[str, float], float]:
+        """:meth:`train_step`, or (no values, no tokens) for a non-finite step the policy skips."""
+        try:
+            return self.train_step(s, batches)
+        except NonFiniteStep as e:
+            handle_nonfinite(e, state.step + 1, state.nonfinite_skips, self.cfg.train.max_nonfinite_skips,
+                             self._last_checkpoint())
+            state.nonfinite_skips += 1
+            return {}, 0.0
+
+    def _bad_samples_all_ranks(self, state: RunState) -> Counter:
+        """Skipped samples by reason, summed over ranks (collective)."""
+        return add_counts(Counter(), D.all_gather_objects(dict(state.bad_samples)))
+
+    def _window_metrics(self, s: Session, state: RunState, steps: int, tokens: float, elapsed: float,
+                        data_wait: float) -> dict[str, float]:
+        """Throughput and run-progress scalars of a logging window of ``steps`` steps (collective)."""
+        t = self.cfg.train
+        sps = steps * t.global_batch_size / elapsed
+        values = dict(samples_per_s=sps, data_wait=data_wait / elapsed, stage=s.stage, epoch=state.epoch,
+                      samples=state.step * t.global_batch_size, image_size=s.image_size,
+                      logit_scale=float(s.objective.model.logit_scale.detach().exp()))
+        if self.dataset_size:
+            values["epochs_seen"] = state.step * t.global_batch_size / self.dataset_size
+        if self.peak_tflops:
+            per_sample = s.flops_fn(tokens / (steps * t.global_batch_size))
+            values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
+        values.update({f"bad/{k}": v for k, v in self._bad_samples_all_ranks(state).items()})
+        if state.nonfinite_skips:
+            values["nonfinite_skips"] = state.nonfinite_skips
+        return values
+
     def _run_stage(self, s: Session, state: RunState, logger: RunLogger) -> tuple[bool, dict, dict]:
+        """Steps of stage ``s`` with the logging, eval and checkpoint cadence; returns (stopped by
+        ``train.stop_after_steps``, last logged metrics, last eval results)."""
         cfg, t = self.cfg, self.cfg.train
         end = self.bounds[s.stage][1]
-        w = max(1, cfg.data.num_workers)
-        window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
+        window_start, window_steps, window_tokens, data_wait = time.perf_counter(), 0, 0.0, 0.0
         metrics: dict[str, float] = {}
         evals: dict[str, float] = {}
         while state.step < end:
             t0 = time.perf_counter()
-            batches = [next(s.batches) for _ in range(s.accum_steps)]
-            wait += time.perf_counter() - t0
-            for b in batches:
-                state.cursors[b["worker"]] = (b["epoch"], b["position"])
-                state.next_worker = (b["worker"] - self.dist.rank * w + 1) % w
-                state.epoch = b["epoch"]
-                add_counts(state.bad, b["bad"])
-            try:
-                values, tokens = self.train_step(s, batches)
-            except NonFiniteStep as e:
-                values, tokens = self._skip_nonfinite(e, state), 0.0
+            batches = self._next_batches(s, state)
+            data_wait += time.perf_counter() - t0
+            values, tokens = self._step_or_skip(s, batches, state)
             state.step += 1
             window_steps += 1
             window_tokens += tokens
             done = state.step == end
             logged = state.step % t.log_every == 0 or done
             if logged:
-                elapsed = time.perf_counter() - window_start
-                sps = window_steps * t.global_batch_size / elapsed
-                values.update(samples_per_s=sps, data_wait=wait / elapsed, stage=s.stage, epoch=state.epoch,
-                              samples=state.step * t.global_batch_size, image_size=s.image_size,
-                              logit_scale=float(s.objective.model.logit_scale.detach().exp()))
-                if self.dataset_size:
-                    values["epochs_seen"] = state.step * t.global_batch_size / self.dataset_size
-                if self.peak_tflops:
-                    per_sample = s.flops_fn(window_tokens / (window_steps * t.global_batch_size))
-                    values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
-                bad = add_counts(Counter(), D.all_gather_objects(dict(state.bad)))
-                values.update({f"bad/{k}": v for k, v in bad.items()})
-                if state.nonfinite_skips:
-                    values["nonfinite_skips"] = state.nonfinite_skips
+                values.update(self._window_metrics(s, state, window_steps, window_tokens,
+                                                   time.perf_counter() - window_start, data_wait))
                 logger.scalars(state.step, values)
-                logger.advance(window_steps, {"loss": f"{values.get('loss', float('nan')):.4f}", "samples/s": f"{sps:.1f}"})
-                if bad:
-                    log.info("step %d: skipped bad samples so far %s", state.step, dict(bad))
+                logger.advance(window_steps, {"loss": f"{values.get('loss', float('nan')):.4f}",
+                                              "samples/s": f"{values['samples_per_s']:.1f}"})
+                bad_samples = {k.removeprefix("bad/"): v for k, v in values.items() if k.startswith("bad/")}
+                if bad_samples:
+                    log.info("step %d: skipped bad samples so far %s", state.step, bad_samples)
                 metrics = values
             final = state.step == cfg.total_steps
             if self._eval_due(state.step, final):
-                ev = self._run_eval(s)
-                logger.scalars(state.step, ev)
-                evals = ev
+                evals = self._run_eval(s)
+                logger.scalars(state.step, evals)
             stop = t.stop_after_steps is not None and state.step >= t.stop_after_steps
             if state.step % t.save_every == 0 or done or stop:
                 self.save(s, state)
@@ -504,7 +437,7 @@ class Trainer:
                 log.info("stopping after step %d (train.stop_after_steps)", state.step)
                 return True, metrics, evals
             if logged:  # the next throughput window starts after this step's eval and checkpoint
-                window_start, window_steps, window_tokens, wait = time.perf_counter(), 0, 0.0, 0.0
+                window_start, window_steps, window_tokens, data_wait = time.perf_counter(), 0, 0.0, 0.0
         return False, metrics, evals
 
 
