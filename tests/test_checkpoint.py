@@ -13,7 +13,7 @@ from clips_cli.main import main as clips_main
 from clips_tower.checkpoint import CheckpointError, read_weights
 from clips_tower.open_clip_format import config_from_open_clip, state_dict_to_open_clip
 from clips_tower.vision import resize_pos_embed
-from reference_open_clip import OpenCLIPReference
+from helpers.reference_open_clip import OpenCLIPReference
 
 
 def _official_folder(tmp_path, model, weights="open_clip_pytorch_model.bin"):

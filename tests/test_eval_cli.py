@@ -16,7 +16,7 @@ from clips_cli.main import main
 from eval.data import load_retrieval_dataset
 from eval.retrieval import evaluate_retrieval
 from eval.templates import IMAGENET7
-from test_eval_data import _corrupt_set, scene, write_karpathy
+from helpers.eval_sets import corrupt_set, scene, write_karpathy
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_retrieval_cli_writes_json_table_and_png(tmp_path, checkpoint, tiny_mode
 
 
 def test_retrieval_cli_bad_entries_fail_or_are_counted(tmp_path, capsys):
-    data = _corrupt_set(tmp_path / "coco")
+    data = corrupt_set(tmp_path / "coco")
     args = ["eval", "retrieval", "--data", str(data), "--model", "clips-tiny", "--out", str(tmp_path / "out"),
             "--no-progress"]
     assert main(args) == 2

@@ -1,5 +1,5 @@
 """Eval data formats (Karpathy JSON, JSONL, webdataset shards), bad-entry handling, and the
-retrieval driver on a tiny model. The generators here are reused by test_eval_cli.py."""
+retrieval driver on a tiny model."""
 
 from __future__ import annotations
 
@@ -16,41 +16,7 @@ from PIL import Image, ImageDraw
 import clips_tower
 from eval.data import BadEntriesError, detect_format, load_retrieval_dataset
 from eval.retrieval import evaluate_retrieval, retrieval_metrics, run_retrieval
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
-SHAPES = ("circle", "square")
-
-
-def scene(colour: str, shape: str, size: int = 40) -> Image.Image:
-    """A coloured shape on a grey background."""
-    img = Image.new("RGB", (size, size), (200, 200, 200))
-    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
-    (ImageDraw.Draw(img).ellipse if shape == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=COLOURS[colour])
-    return img
-
-
-def scenes(n: int) -> list[tuple[str, str]]:
-    return [(list(COLOURS)[i % 4], SHAPES[(i // 4) % 2]) for i in range(n)]
-
-
-def write_karpathy(root: Path, n_test: int = 6, per_image: int = 5, dataset: str = "coco", n_train: int = 2) -> Path:
-    """A Karpathy-format split file with generated images (COCO layout: image_root/val2014/...;
-    Flickr layout: image_root/<file>). Returns the JSON path."""
-    entries = []
-    for i, (c, s) in enumerate(scenes(n_test + n_train)):
-        filename = f"img_{i:04d}.jpg"
-        folder = root / "val2014" if dataset == "coco" else root / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        scene(c, s).save(folder / filename)
-        entry = {"filename": filename, "split": "test" if i < n_test else "train", "imgid": i,
-                 "sentences": [{"raw": f"a {c} {s} on grey, view {k}.", "tokens": []} for k in range(per_image)]}
-        if dataset == "coco":
-            entry["filepath"] = "val2014"
-        entries.append(entry)
-    path = root / f"dataset_{dataset}.json"
-    path.write_text(json.dumps({"dataset": dataset, "images": entries}))
-    return path
-
+from helpers.eval_sets import corrupt_set, scene, scenes, write_karpathy
 
 def test_karpathy_coco_layout_and_split(tmp_path):
     path = write_karpathy(tmp_path, n_test=6, per_image=5, n_train=3)
@@ -127,19 +93,8 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _corrupt_set(tmp_path: Path) -> Path:
-    path = write_karpathy(tmp_path, n_test=6, per_image=3)
-    data = json.loads(path.read_text())
-    (tmp_path / "val2014" / "img_0001.jpg").unlink()                       # missing image
-    (tmp_path / "val2014" / "img_0002.jpg").write_bytes(b"not an image")   # undecodable header
-    data["images"][3]["sentences"][1]["raw"] = "   "                        # one empty caption
-    data["images"][4]["sentences"] = []                                    # no captions at all
-    path.write_text(json.dumps(data))
-    return path
-
-
 def test_bad_entries_are_all_listed(tmp_path):
-    path = _corrupt_set(tmp_path)
+    path = corrupt_set(tmp_path)
     with pytest.raises(BadEntriesError) as err:
         load_retrieval_dataset(path)
     msg = str(err.value)
@@ -152,7 +107,7 @@ def test_bad_entries_are_all_listed(tmp_path):
 
 
 def test_skip_bad_drops_and_counts(tmp_path):
-    ds = load_retrieval_dataset(_corrupt_set(tmp_path), skip_bad=True)
+    ds = load_retrieval_dataset(corrupt_set(tmp_path), skip_bad=True)
     # images 1, 2 and 4 are dropped; image 3 keeps its two good captions
     assert [im.path.name for im in ds.images] == ["img_0000.jpg", "img_0003.jpg", "img_0005.jpg"]
     assert [len(c) for c in ds.captions] == [3, 2, 3]

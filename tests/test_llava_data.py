@@ -1,7 +1,7 @@
 """LLaVA training data: templates, label masking, up-front checks, images, collator, sampler.
 
 Uses a tiny byte-level BPE LLM assembled with a tiny CLIPS tower (built locally, no downloads).
-The helpers that write tiny LLaVA-format datasets are imported by test_llava_train.py too.
+The tiny LLaVA-format datasets come from ``helpers.llava_records``.
 """
 
 from __future__ import annotations
@@ -20,46 +20,7 @@ from llava_integration.conversation import (TEMPLATES, ConversationError, Render
 from llava_integration.data import (IGNORE_INDEX, DataCheckError, LabelMaskError, LlavaCollator,
                                     LlavaDataset, ModalityLengthGroupedSampler, TokenSpec, check_samples,
                                     encode_batch, encode_sample, expand_to_square, load_image, load_records)
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
-
-
-# ----------------------------------------------------------------------------- dataset helpers
-
-def write_images(folder: Path, n: int) -> list[tuple[str, str]]:
-    """``n`` solid-colour PNGs of alternating landscape/portrait shape; returns (file, colour)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        colour = list(COLOURS)[i % len(COLOURS)]
-        size = (40, 24) if i % 2 else (24, 40)
-        Image.new("RGB", size, COLOURS[colour]).save(folder / f"{i}.png")
-        out.append((f"{i}.png", colour))
-    return out
-
-
-def caption_records(images: list[tuple[str, str]]) -> list[dict]:
-    """LCS-558K-style records: one image, a generic question, the colour caption."""
-    return [{"id": f"cap{i}", "image": name, "conversations": [
-        {"from": "human", "value": "Describe the picture.\n<image>"},
-        {"from": "gpt", "value": f"a {colour} square."}]} for i, (name, colour) in enumerate(images)]
-
-
-def instruction_records(images: list[tuple[str, str]], n_text: int) -> list[dict]:
-    """mix665k-style records: two-round conversations about each image plus text-only samples."""
-    recs = [{"id": f"ins{i}", "image": name, "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": f"It is {colour}."},
-        {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "There is one."}]}
-        for i, (name, colour) in enumerate(images)]
-    recs += [{"id": f"txt{i}", "conversations": [{"from": "human", "value": "Answer yes or no: is the sky dark?"},
-                                                 {"from": "gpt", "value": "yes."}]} for i in range(n_text)]
-    return recs
-
-
-def write_json(path: Path, records: list) -> Path:
-    path.write_text(json.dumps(records))
-    return path
-
+from helpers.llava_records import COLOURS, caption_records, instruction_records, write_images, write_json
 
 @pytest.fixture(scope="module")
 def assembled(tmp_path_factory) -> Path:

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from llava_tower_helpers import random_image, save_clips, save_hf_siglip_vision, tiny_clips
+from helpers.towers import random_image, save_clips, save_hf_siglip_vision, tiny_clips
 
 import clips_tower
 from clips_cli.main import main as clips_main

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from llava_tower_helpers import (
+from helpers.towers import (
     TOWER_FOLDERS,
     random_image,
     save_clips,

@@ -21,7 +21,7 @@ from llava_integration.stages import get_stage
 from llava_integration.train import (LlavaTrainer, add_lora, load_llava, load_projector, lr_overrides, run_stage,
                                      set_trainable)
 from llava_integration.train_args import deepspeed_config, parse_args, validate_args
-from test_llava_data import caption_records, instruction_records, write_images, write_json
+from helpers.llava_records import caption_records, instruction_records, write_images, write_json
 
 CPU = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"]
 

@@ -20,9 +20,9 @@ import torch
 from eval.lmms import runner
 from eval.lmms.taskdata import TASK_DATA_FILES, decode_image, write_task_data
 from eval.lmms.tasks import mmbench, pope
-from test_lmms_adapter import hf_answer_nll, hf_generate, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from helpers.hf_llava import hf_answer_nll, hf_generate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 READOUT_STEPS, STEPS, BATCH, LR = 80, 250, 16, 3e-3
 

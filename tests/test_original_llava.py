@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from llava_tower_helpers import save_clips, save_hf_clip_vision, tiny_clips
+from helpers.towers import save_clips, save_hf_clip_vision, tiny_clips
 
 pytest.importorskip("llava.model", reason="llava-torch is not installed (pip install llava-torch --no-deps)")
 

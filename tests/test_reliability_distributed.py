@@ -55,8 +55,7 @@ def _inject(fault: str) -> None:
 
 
 def _config(root: Path, timeout_minutes: float, steps: int = 20, **train) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_reliability_data import run_config
+    from helpers.runs import run_config
 
     cfg = run_config(root, str(root / "data"), global_batch_size=4, **train)
     cfg["stages"] = [{"steps": steps}]

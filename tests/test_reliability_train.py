@@ -32,9 +32,8 @@ from pretrain.engines import TorchEngine
 from pretrain.nonfinite import NonFiniteError
 from pretrain.synthetic import write_webdataset
 from pretrain.trainer import Trainer, train
+from helpers.runs import TINY, run_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability_data import TINY, run_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
