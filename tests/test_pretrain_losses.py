@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import clips_tower
-from pretrain.losses import CLIPSLoss, clip_loss, siglip_loss
+from pretrain.losses import CONTRASTIVE_LOSSES, CLIPSLoss, clip_loss, siglip_loss
 from pretrain.objective import CLIPSObjective, FeatureBank
 
 
@@ -43,8 +43,9 @@ def test_siglip_loss_is_the_pairwise_sigmoid_sum():
     assert siglip_loss(img, txt, s, b).item() == pytest.approx(total / 6, rel=1e-12)
 
 
-@pytest.mark.parametrize("fn", [clip_loss, siglip_loss])
-def test_row_partitions_average_to_the_full_loss(fn):
+@pytest.mark.parametrize("name", sorted(CONTRASTIVE_LOSSES))
+def test_row_partitions_average_to_the_full_loss(name):
+    fn = CONTRASTIVE_LOSSES[name]
     img, txt = _feats(n=8)
     s, b = torch.tensor(7.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
     parts = [fn(img, txt, s, b, rows=torch.arange(4 * r, 4 * r + 4)) for r in range(2)]
@@ -71,7 +72,7 @@ def _grads(module):
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("contrastive", ["clip", "siglip"])
+@pytest.mark.parametrize("contrastive", sorted(CONTRASTIVE_LOSSES))
 def test_gradient_accumulation_equals_one_big_batch(contrastive):
     """Two micro-batches of 4 with the feature bank == one batch of 8: same loss, same gradients
     (logit scale and SigLIP bias counted once; caption CE normalised over all 8 samples' tokens)."""
