@@ -5,8 +5,10 @@
 - :mod:`.data`: sources (webdataset, parquet, JSONL), worker-side decoding, bad-sample counts,
   exact-resume streams, shard writing;
 - :mod:`.losses`, :mod:`.objective`: CLIP / SigLIP / CLIPS losses over the global batch;
-- :mod:`.engines`, :mod:`.distributed`: DDP / FSDP2 / DeepSpeed;
-- :mod:`.optim`, :mod:`.checkpointing`, :mod:`.metrics`, :mod:`.trainer`: the loop;
+- :mod:`.engines`, :mod:`.distributed`: DDP / FSDP2 / DeepSpeed behind one ``Engine`` protocol;
+- :mod:`.step`: one optimisation step (forward, loss, backward, NaN/Inf policy, update);
+- :mod:`.trainer`: the loop (stages, logging, eval and checkpoint cadence); :mod:`.checkpointing`:
+  checkpoint folders and the run state saved in them; :mod:`.optim`, :mod:`.metrics`;
 - :mod:`.config`: typed YAML configs (reference configs in ``pretrain/configs``);
 - :mod:`.synthetic`: a procedural image/caption dataset for tests and the demo.
 

@@ -9,6 +9,11 @@ One optimizer step = ``accum_steps`` micro-batches of ``micro_batch_size`` sampl
 :mod:`pretrain.objective`). A stage change (e.g. 112 px -> 224 px) saves a checkpoint and rebuilds
 model, engine and data stream from it, which is the same code path as resuming a killed run;
 positional embeddings (and their Adam moments) are interpolated on the way.
+
+This module holds the loop (stage building, logging, eval and checkpoint cadence); one
+optimisation step is :mod:`pretrain.step`, the run state saved in checkpoints is
+:mod:`pretrain.checkpointing`, and the engines (:class:`pretrain.engines.Engine`) do the wrapping,
+clipping and update.
 """
 
 from __future__ import annotations
