@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import clips_tower
 from eval.data import BadEntriesError, detect_format, load_retrieval_dataset

@@ -20,7 +20,7 @@ from llava_integration.conversation import (TEMPLATES, ConversationError, Render
 from llava_integration.data import (IGNORE_INDEX, DataCheckError, LabelMaskError, LlavaCollator,
                                     LlavaDataset, ModalityLengthGroupedSampler, TokenSpec, check_samples,
                                     encode_batch, encode_sample, expand_to_square, load_image, load_records)
-from helpers.llava_records import COLOURS, caption_records, instruction_records, write_images, write_json
+from helpers.llava_records import instruction_records, write_images, write_json
 
 @pytest.fixture(scope="module")
 def assembled(tmp_path_factory) -> Path:

@@ -95,11 +95,6 @@ def test_subcaption_without_a_sentence_raises(tokenizer):
 DETERMINISTIC = {"truncate", "full"}  # every other registered strategy must draw from the rng
 
 
-def _is_subsequence(part: list[int], whole: list[int]) -> bool:
-    it = iter(whole)
-    return all(t in it for t in part)
-
-
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_returns_a_short_caption_whole(tokenizer, name):
     pieces = tokenizer.wordpieces(["a red ball"])[0]
