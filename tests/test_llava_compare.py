@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from llava_tower_helpers import save_hf_clip_vision
+from helpers.towers import save_hf_clip_vision
 
 from llava_integration.compare import (CompareData, compare_table, compare_towers, parse_extra, task_metrics,
                                        tower_name)
-from test_llava_data import caption_records, instruction_records, write_images, write_json
+from helpers.llava_records import caption_records, instruction_records, write_images, write_json
 
 
 def write_compare_data(root: Path, n_images: int = 8, n_scenes: int = 3) -> Path:

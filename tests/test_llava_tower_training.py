@@ -18,8 +18,8 @@ from llava_integration.feature_cache import FeatureCacheError, build_feature_cac
 from llava_integration.stages import get_stage
 from llava_integration.train import LlavaTrainer, add_lora, load_llava, lr_overrides, run_stage, set_trainable
 from llava_integration.train_args import lora_modules, parse_args, trainable_modules, validate_args
-from test_llava_data import caption_records, instruction_records, write_images, write_json
-from test_llava_train import _fixed_batch, _free_port
+from helpers.llava_records import caption_records, fixed_batch, instruction_records, write_images, write_json
+from helpers.processes import free_port
 
 CPU = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"]
 ALL_PARTS = "mm_vision_tower,mm_mlp_adapter,mm_language_model"
@@ -176,7 +176,7 @@ def test_gradient_checkpointing_reaches_a_training_tower(env):
     from llava_integration.data import TokenSpec
 
     processor = AutoProcessor.from_pretrained(env["llava"])
-    batch = _fixed_batch(env, TokenSpec.from_processor(processor), processor)
+    batch = fixed_batch(env["instruct"], env["images"], TokenSpec.from_processor(processor), processor)
     grads, calls = [], []
     for checkpointing in (False, True):
         model = LlavaForConditionalGeneration.from_pretrained(env["llava"])
@@ -230,7 +230,7 @@ def test_invalid_tunable_part_flags(stage, flags, message):
 
 def _deepspeed(env, out: Path, model: Path, zero: str, *flags: str) -> None:
     env_vars = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     cmd = [sys.executable, "-m", "clips_cli.main", "llava", "finetune", "--model_name_or_path", str(model),
            "--data_path", str(env["instruct"]), "--image_folder", str(env["images"]), "--output_dir", str(out),
            "--deepspeed", zero, "--per_device_train_batch_size", "4", "--mm_tunable_parts", ALL_PARTS,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,8 @@ from llava_integration.stages import get_stage
 from llava_integration.train import (LlavaTrainer, add_lora, load_llava, load_projector, lr_overrides, run_stage,
                                      set_trainable)
 from llava_integration.train_args import deepspeed_config, parse_args, validate_args
-from helpers.llava_records import caption_records, instruction_records, write_images, write_json
+from helpers.llava_records import caption_records, fixed_batch, instruction_records, write_images, write_json
+from helpers.processes import free_port
 
 CPU = ["--use_cpu", "True", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"]
 
@@ -114,12 +114,6 @@ def test_load_projector_accepts_llava_mm_projector_bin(env, tmp_path):
         load_projector(model, tmp_path / "bad.bin")
 
 
-def _fixed_batch(env, spec, processor, template="v1"):
-    checked = check_samples(json.loads(env["instruct"].read_text()), env["images"], get_template(template), spec, 2048)
-    ds = LlavaDataset(checked, get_template(template), spec, processor.image_processor, env["images"], "pad")
-    return LlavaCollator(spec.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
-
-
 @torch.no_grad()
 def _loss(model, batch) -> float:
     return model.eval()(**batch).loss.item()
@@ -149,7 +143,7 @@ def test_stage2_trains_and_loss_falls(mode, stage1, env):
     # The result is a plain HF LLaVA folder: stock transformers loads model and processor.
     trained = LlavaForConditionalGeneration.from_pretrained(trained_dir)
     processor = AutoProcessor.from_pretrained(trained_dir)
-    batch = _fixed_batch(env, TokenSpec.from_processor(processor), processor)
+    batch = fixed_batch(env["instruct"], env["images"], TokenSpec.from_processor(processor), processor)
     before, after = _loss(before_model, batch), _loss(trained, batch)
     assert after < before - 0.1, (before, after)
 
@@ -313,18 +307,12 @@ def test_bad_data_stops_before_training(env, tmp_path):
     assert not (tmp_path / "o" / "trainer_state.json").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_deepspeed_zero2_single_process(env):
     """`clips llava finetune --deepspeed zero2` (the shipped config) in one CPU process."""
     out = env["root"] / "ds"
     env_vars = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     cmd = [sys.executable, "-m", "clips_cli.main", "llava", "finetune", "--model_name_or_path", str(env["llava"]),
            *_data_flags(env, "instruct"), "--output_dir", str(out), "--deepspeed", "zero2",
            "--per_device_train_batch_size", "4", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",

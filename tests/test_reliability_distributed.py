@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTY_RANK = 1
@@ -65,12 +65,6 @@ def _config(root: Path, timeout_minutes: float, steps: int = 20, **train) -> Pat
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp_path: Path, fault: str, timeout_minutes: float, **cfg) -> tuple[list[subprocess.Popen], float]:
     """Start ranks 0 and 1 as plain processes: no launcher (torchrun would kill the survivors
     itself), so each rank has to end on its own."""
@@ -80,7 +74,7 @@ def _launch(tmp_path: Path, fault: str, timeout_minutes: float, **cfg) -> tuple[
     cfg = _config(tmp_path, timeout_minutes, **cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     worker = [str(Path(__file__).resolve()), fault, str(cfg)]
-    port = str(_free_port())
+    port = str(free_port())
     start = time.monotonic()
     procs = []
     for rank in range(2):

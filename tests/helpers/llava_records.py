@@ -45,3 +45,14 @@ def write_json(path: Path, records: list) -> Path:
     """``records`` as a JSON file at ``path``."""
     path.write_text(json.dumps(records))
     return path
+
+
+def fixed_batch(records: Path, images: Path, spec, processor, template: str = "v1") -> dict:
+    """Every record of the JSON file ``records`` (images under ``images``) checked, encoded with
+    conversation ``template`` and collated into one batch (``spec``: a ``TokenSpec``)."""
+    from llava_integration.conversation import get_template
+    from llava_integration.data import LlavaCollator, LlavaDataset, check_samples
+
+    checked = check_samples(json.loads(records.read_text()), images, get_template(template), spec, 2048)
+    ds = LlavaDataset(checked, get_template(template), spec, processor.image_processor, images, "pad")
+    return LlavaCollator(spec.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
