@@ -20,10 +20,9 @@ import pytest
 from eval.lmms import runner
 from eval.lmms.hf_layout import HF_TASKS, HFLayoutError, check_hf_datasets, write_hf_datasets
 from eval.lmms.taskdata import write_task_data
-from test_lmms_adapter import one_thread  # noqa: F401  (autouse fixture)
-from test_lmms_eval import train_tiny_llava
+from helpers.lmms_tasks import train_tiny_llava
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 TASKS = ("pope", "mme", "gqa")
 MODELS = ("llava_hf", "clips_llava")
