@@ -64,8 +64,8 @@ def test_every_registered_model_trains_and_every_parameter_gets_a_gradient(name,
 # ------------------------------------------------------------------ chat templates (lmms-eval prompts)
 
 def test_every_chat_template_renders_its_training_conversation_template():
-    """The Jinja template lmms-eval prompts with writes BOS + exactly what the training-side
-    conversation template of the same name writes, for a multi-turn conversation."""
+    """The Jinja template lmms-eval prompts with writes exactly what the training-side conversation
+    template of the same name writes, for a multi-turn conversation (BOS is the tokenizer's to add)."""
     from eval.lmms.adapter import CHAT_TEMPLATES
     from llava_integration.conversation import get_template
     from transformers import PreTrainedTokenizerFast
@@ -81,7 +81,7 @@ def test_every_chat_template_renders_its_training_conversation_template():
                                       bos_token="<s>", eos_token="</s>", unk_token="<unk>")
         tok.chat_template = jinja
         training = get_template(name).render(turns, tok).text
-        assert tok.apply_chat_template(messages, tokenize=False) == "<s>" + training, name
+        assert tok.apply_chat_template(messages, tokenize=False) == training, name
 
 
 # ------------------------------------------------------------------ training engines
