@@ -21,6 +21,7 @@ BENCHMARKS = {
     "retrieval": "benchmarks.retrieval_eval",
     "llava": "benchmarks.llava_steps",
     "gpu": "benchmarks.gpu_l14_336",
+    "peer": "benchmarks.peer",
 }
 CPU_SUITE = ("train", "captioner", "data", "retrieval", "llava")
 

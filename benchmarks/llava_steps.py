@@ -34,6 +34,20 @@ def _steps_per_s(out: Path) -> float:
     return json.loads((out / "train_results.json").read_text())["train_steps_per_second"]
 
 
+def stage_steps_per_s(root: Path, llava: Path, data: dict, stage: str, out: str, steps: int, batch: int,
+                      flags: list[str], extra: list[str] = ()) -> float:
+    """Run ``stage`` (``pretrain``: captions, ``finetune``: instructions) of ``llava`` on ``data``
+    (:func:`pretrain.synthetic.write_instruction_data`) through ``run_stage`` for ``steps`` steps of
+    ``batch``; returns the HF Trainer's training steps/s. ``flags``: device/precision flags."""
+    from llava_integration.train import run_stage
+
+    kind = "captions" if stage == "pretrain" else "instruct"
+    run_stage(stage, ["--model_name_or_path", str(llava), "--image_folder", str(data["images"]), "--max_steps",
+                      str(steps), "--per_device_train_batch_size", str(batch), *flags, "--data_path", str(data[kind]),
+                      "--output_dir", str(root / out), *extra])
+    return _steps_per_s(root / out)
+
+
 def tower_seconds(llava_dir: Path, images: Path, batch: int, reps: int = 5) -> float:
     """Median seconds of the tower's forward (the projector input) for one batch of images."""
     import torch
@@ -63,7 +77,6 @@ def run(args: argparse.Namespace) -> dict:
     """Build the tiny setup, run every case; returns the JSON record."""
     from llava_integration.assemble import assemble_llava
     from llava_integration.tiny_llm import build_tiny_llm
-    from llava_integration.train import run_stage
     from pretrain.synthetic import write_instruction_data
 
     rows = []
@@ -71,19 +84,16 @@ def run(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         data = write_instruction_data(root / "data", n=args.samples, seed=0)
         llava = assemble_llava("clips:clips-tiny", build_tiny_llm(root / "llm"), root / "llava")
-        common = ["--model_name_or_path", str(llava), "--image_folder", str(data["images"]), "--max_steps",
-                  str(args.steps), "--per_device_train_batch_size", str(args.batch), *CPU_FLAGS]
 
-        def stage(name: str, out: str, extra: list[str], kind: str) -> float:
-            run_stage(name, [*common, "--data_path", str(data[kind]), "--output_dir", str(root / out), *extra])
-            return _steps_per_s(root / out)
+        def stage(name: str, out: str, extra: list[str]) -> float:
+            return stage_steps_per_s(root, llava, data, name, out, args.steps, args.batch, CPU_FLAGS, extra)
 
         if "pretrain" in args.stages:
-            live = stage("pretrain", "s1-live", [], "captions")
+            live = stage("pretrain", "s1-live", [])
             start = time.perf_counter()
-            stage("pretrain", "s1-build", ["--feature_cache", str(root / "cache"), "--max_steps", "1"], "captions")
+            stage("pretrain", "s1-build", ["--feature_cache", str(root / "cache"), "--max_steps", "1"])
             build_s = time.perf_counter() - start
-            cached = stage("pretrain", "s1-cache", ["--feature_cache", str(root / "cache")], "captions")
+            cached = stage("pretrain", "s1-cache", ["--feature_cache", str(root / "cache")])
             tower = tower_seconds(llava, data["images"], args.batch)
             rows += [{"case": "stage 1, live tower", "steps": args.steps, "steps_per_s": live, "ratio": 1.0,
                       "seconds": tower, "note": "extra s = tower forward per batch"},
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         if "finetune" in args.stages:
             base = None
             for mode, extra in STAGE2_MODES.items():
-                sps = stage("finetune", f"s2-{mode}", extra, "instruct")
+                sps = stage("finetune", f"s2-{mode}", extra)
                 base = base or sps
                 rows.append({"case": f"stage 2, {mode}", "steps": args.steps, "steps_per_s": sps, "ratio": sps / base})
     notes = ["stage 1 extra s: live row = tower forward per batch (what the cache removes); "

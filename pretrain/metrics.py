@@ -14,38 +14,73 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
-def matmul_roofline(dtype: torch.dtype, device: str | torch.device = "cpu", n: int = 1024,
-                    min_seconds: float = 0.3) -> dict[str, float]:
-    """Measured TFLOP/s of an ``n x n x n`` matmul in ``dtype`` on ``device``, in the two operand
-    layouts a linear layer uses: ``nn`` (``a @ b``) and ``nt`` (``a @ b.T``, ``F.linear``'s forward).
-    Returns ``{"nn", "nt", "best"}``; ``best`` is the MFU denominator.
+# GEMM shapes (M, K, N) the roofline tries: a square one plus linear layers of ViT-B / text towers
+# (M tokens x K in -> N out: qkv / MLP up / MLP down). No single shape is the best case for every
+# layer: on an AVX2 EPYC the 1024^3 square ran below the 768 -> 3072 MLP shape at 2048 tokens.
+CPU_ROOFLINE_SHAPES = ((1024, 1024, 1024), (2048, 768, 2304), (2048, 768, 3072), (2048, 3072, 768), (2048, 512, 2048))
+GPU_ROOFLINE_SHAPES = ((8192, 8192, 8192), (16384, 1024, 3072), (16384, 1024, 4096), (16384, 4096, 1024))
+# Emulated bf16 on CPUs without bf16 instructions runs at a few GFLOP/s: one small shape only.
+EMULATED_ROOFLINE_SHAPES = ((512, 512, 2048),)
 
-    The layouts differ by 10x for emulated bf16 on CPUs without bf16 instructions, so one layout
-    alone can misstate the peak; ``n`` = 1024 keeps the emulated case to seconds, not minutes.
+
+def roofline_shapes(dtype: torch.dtype, device: torch.device) -> tuple[tuple[int, int, int], ...]:
+    """The GEMM shapes :func:`matmul_roofline` measures by default on ``device`` in ``dtype``."""
+    if device.type == "cuda":
+        return GPU_ROOFLINE_SHAPES
+    if dtype != torch.float32 and device.type == "cpu":
+        from .engines import native_bf16_cpu
+
+        if not native_bf16_cpu():
+            return EMULATED_ROOFLINE_SHAPES
+    return CPU_ROOFLINE_SHAPES
+
+
+def matmul_roofline(dtype: torch.dtype, device: str | torch.device = "cpu", n: int | None = None,
+                    min_seconds: float = 0.15,
+                    shapes: tuple[tuple[int, int, int], ...] | None = None) -> dict[str, float]:
+    """Measured TFLOP/s of matmuls in ``dtype`` on ``device``: each GEMM shape ``(M, K, N)`` of
+    ``shapes`` (default :func:`roofline_shapes`; ``n`` alone: one ``n^3`` square) in the two operand
+    layouts a linear layer uses: ``nn`` (``a @ b``, the backward's input gradient) and ``nt``
+    (``a @ b.T``, ``F.linear``'s forward).
+
+    Returns ``{"nn", "nt", "best", "by_shape"}``: the best rate per layout over the shapes, their max
+    (the MFU denominator) and ``{"MxKxN": best of both layouts}``. Layouts differ by 10x for
+    emulated bf16, and shapes by up to 2x in fp32, so one shape in one layout can misstate the peak.
     """
     device = torch.device(device)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    out = {}
-    for name, rhs in (("nn", b), ("nt", b.t())):
-        a @ rhs  # warm-up
-        reps, start = 0, time.perf_counter()
-        while True:
-            a @ rhs
-            reps += 1
+    if shapes is None:
+        shapes = ((n, n, n),) if n else roofline_shapes(dtype, device)
+    out = {"nn": 0.0, "nt": 0.0, "by_shape": {}}
+    for m, k, nn_ in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, nn_, device=device).to(dtype)
+        bt = torch.randn(nn_, k, device=device).to(dtype).t()
+        best = 0.0
+        for name, rhs in (("nn", b), ("nt", bt)):
+            a @ rhs  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds and reps >= 2:
-                break
-        out[name] = 2 * n**3 * reps / elapsed / 1e12
+            reps, start = 0, time.perf_counter()
+            while True:
+                a @ rhs
+                reps += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_seconds and reps >= 2:
+                    break
+            rate = 2 * m * k * nn_ * reps / elapsed / 1e12
+            out[name] = max(out[name], rate)
+            best = max(best, rate)
+        out["by_shape"][f"{m}x{k}x{nn_}"] = best
     out["best"] = max(out["nn"], out["nt"])
     return out
 
 
-def matmul_tflops(dtype: torch.dtype, device: str | torch.device = "cpu", n: int = 1024,
-                  min_seconds: float = 0.3) -> float:
-    """The best-layout matmul TFLOP/s of :func:`matmul_roofline` (the trainer's MFU denominator)."""
+def matmul_tflops(dtype: torch.dtype, device: str | torch.device = "cpu", n: int | None = None,
+                  min_seconds: float = 0.15) -> float:
+    """The best matmul TFLOP/s of :func:`matmul_roofline` (the MFU denominator of the trainer and
+    the benchmarks)."""
     return matmul_roofline(dtype, device, n, min_seconds)["best"]
 
 

@@ -38,6 +38,7 @@ from .metrics import RunLogger, matmul_tflops
 from .nonfinite import NonFiniteError, NonFiniteStep, first_nonfinite_parameter
 from .session import Session, SessionBuilder
 from .step import StepSettings, handle_nonfinite, train_step
+from .throughput import rates
 
 __all__ = ["RunState", "SUMMARY_FILE", "Session", "Trainer", "train"]  # RunState/Session: their old home
 
@@ -241,9 +242,9 @@ class Trainer:
                       logit_scale=float(s.objective.model.logit_scale.detach().exp()))
         if self.sessions.dataset_size:
             values["epochs_seen"] = state.step * t.global_batch_size / self.sessions.dataset_size
-        if self.peak_tflops:
+        if self.peak_tflops:  # the one MFU computation the benchmarks use too
             per_sample = s.flops_fn(tokens / (steps * t.global_batch_size))
-            values["mfu"] = per_sample * sps / (self.peak_tflops * 1e12 * self.dist.world)
+            values["mfu"] = rates(steps * t.global_batch_size, elapsed, per_sample, self.peak_tflops, self.dist.world)["mfu"]
         values.update({f"bad/{k}": v for k, v in self._bad_samples_all_ranks(state).items()})
         if state.nonfinite_skips:
             values["nonfinite_skips"] = state.nonfinite_skips

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -38,9 +39,11 @@ def test_peak_rss_sees_a_large_allocation():
     assert mem.delta_mib > 200
 
 
-def test_roofline_reports_both_layouts():
-    r = matmul_roofline(torch.float32, n=128, min_seconds=0.01)
+def test_roofline_reports_both_layouts_per_shape():
+    shapes = ((128, 128, 128), (256, 64, 192))
+    r = matmul_roofline(torch.float32, shapes=shapes, min_seconds=0.01)
     assert r["nn"] > 0 and r["nt"] > 0 and r["best"] == max(r["nn"], r["nt"])
+    assert set(r["by_shape"]) == {"128x128x128", "256x64x192"} and max(r["by_shape"].values()) == r["best"]
 
 
 def test_captioner_attention_baselines_match_the_model_path():
@@ -124,12 +127,92 @@ def test_retrieval_and_data_benches_tiny(tmp_path):
     assert stream["vs_model"] == pytest.approx(stream["samples_per_s"] / model["samples_per_s"])
 
 
-def test_gpu_script_smoke_on_cpu(tmp_path):
+def test_gpu_script_runs_the_cuda_paths_through_the_trainer_step_on_cpu(tmp_path, monkeypatch):
+    """``bench gpu --tiny`` on CPU takes every path the GPU run takes (bf16 autocast, torch.compile,
+    grad checkpointing, the FSDP2 wrap, the LLaVA stage-1 row) and times the trainer's own
+    ``Trainer.train_step``: 1 warm-up + 1 timed call per case, with the case's model settings."""
+    from pretrain.trainer import Trainer
+
+    calls = []
+    real_step = Trainer.train_step
+
+    def counting_step(self, s, batches):
+        calls.append((self.cfg.model.compile, s.objective.model.visual.transformer.grad_checkpointing,
+                      self.cfg.train.precision, self.cfg.dist.strategy))
+        return real_step(self, s, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", counting_step)
     out = tmp_path / "r.jsonl"
-    bench_main(["gpu", "--tiny", "--out", str(out)])
-    (row,) = _records(out)[0]["rows"]
-    assert row["model"] == "clips-tiny" and row["device"] == "cpu" and row["batch"] == 4
-    assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["roofline_tflops"])
+    bench_main(["gpu", "--tiny", "--cases", "eager", "compile+ckpt", "--precision", "bf16", "--strategy", "fsdp2",
+                "--out", str(out)])
+    rows = _records(out)[0]["rows"]
+    assert [r.get("error") for r in rows] == [None] * 3, rows
+    assert [r["case"] for r in rows] == ["eager", "compile+ckpt", "llava stage 1"]
+    assert calls == [(False, False, "bf16", "fsdp2")] * 2 + [(True, True, "bf16", "fsdp2")] * 2
+    assert rows[2]["samples_per_s"] > 0 and rows[0]["roofline_tflops"] > 0
+
+
+FAKE_PEER = """
+import argparse, json
+p = argparse.ArgumentParser()
+for flag in ("--model", "--arch", "--batch", "--steps", "--warmup"):
+    p.add_argument(flag)
+p.add_argument("--count-flops", action="store_true")
+a = p.parse_args()
+arch = json.loads(a.arch)
+print("PEER_RESULT " + json.dumps({"side": "fake " + a.model, "batch": int(a.batch), "arch": arch,
+      "image_size": arch["vision"]["image_size"], "step_s": 2.0, "step_s_all": [2.0], "peak_rss_mib": 1.0,
+      "counted_gflops_per_sample": 0.5 if a.count_flops else None}))
+"""
+
+
+@pytest.mark.slow
+def test_peer_bench_alternates_sides_at_identical_shapes(tmp_path, capsys):
+    """The orchestration of ``bench peer`` with a stand-in for the open_clip worker (building open_clip's
+    environment takes minutes; the real worker is run by ``python -m benchmarks peer``): our side is
+    the trainer's real step in its own process, the sides alternate per round, the peer is built from
+    our model config, and FLOPs are counted on both sides in the first round only."""
+    fake = tmp_path / "fake_peer.py"
+    fake.write_text(FAKE_PEER)
+    out = tmp_path / "r.jsonl"
+    bench_main(["peer", "--model", "clips-tiny", "--pairs", "clip", "coca", "--batches", "2", "--sizes", "32",
+                "--rounds", "2", "--steps", "1", "--peer-command", f"{sys.executable} {fake}", "--out", str(out)])
+    log = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("round ")]
+    sides = [ln.split(": ")[0].split()[-1] for ln in log]
+    assert sides == ["clip-web", "clip", "clips", "coca", "clip", "clip-web", "coca", "clips"]
+    rows = _records(out)[0]["rows"]
+    assert [(r["pair"], r["side"]) for r in rows] == [("clip", "ours clip-web"), ("clip", "fake clip"),
+                                                    ("coca", "ours clips"), ("coca", "fake coca")]
+    ours_clip, peer_clip, ours_clips, _ = rows
+    assert peer_clip["counted_gflops_per_sample"] == 0.5 and peer_clip["step_s"] == 2.0
+    assert ours_clip["peak_rss_mib"] > 100  # our worker process's own RSS (torch alone is more)
+    # The CLIPS step does more work than the CLIP step at the same shape, and both were counted.
+    assert ours_clips["counted_gflops_per_sample"] > 2 * ours_clip["counted_gflops_per_sample"] > 0
+    assert len(ours_clip["rounds"].split()) == 2
+
+
+@pytest.mark.parametrize("recipe", ["clip-web", "clips"])
+def test_analytic_flops_match_flop_counter(recipe):
+    """:func:`clips_tower.flops.model_flops` (what MFU divides by) against torch's FlopCounterMode on
+    one real training step of the trainer (forward + backward matmuls, convolutions, attention)."""
+    from benchmarks.train_step import step_config
+    from pretrain.throughput import measure_throughput
+
+    r = measure_throughput(step_config("clips-tiny", 32, "fp32", 2, recipe), steps=1, count_flops=True,
+                           peak_tflops=1.0)
+    assert r["counted_gflops_per_sample"] == pytest.approx(r["train_gflops_per_sample"], rel=0.05)
+
+
+def test_rates_mfu():
+    """:func:`pretrain.throughput.rates`, the one MFU computation of the trainer's log and the
+    benchmarks: 8 samples in 0.5 s at 1 GFLOP per sample against 0.032 TFLOP/s per device is 50%
+    on one device and 25% on two."""
+    from pretrain.throughput import rates
+
+    r = rates(8, 0.5, 1e9, 0.032)
+    assert r["samples_per_s"] == 16 and r["mfu"] == pytest.approx(0.5)
+    assert rates(8, 0.5, 1e9, 0.032, world=2)["mfu"] == pytest.approx(0.25)
+    assert rates(8, 0.5, None, 0.032)["mfu"] is None
 
 
 @pytest.mark.slow
