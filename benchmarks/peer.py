@@ -100,11 +100,12 @@ def our_worker(args: argparse.Namespace) -> dict:
 
     cfg = step_config(args.model, args.image_size, "fp32", args.batch, args.recipe)
     # The roofline is measured once by the parent; 1.0 only keeps measure_throughput from measuring it here.
-    r = measure_throughput(cfg, steps=args.steps, warmup=args.warmup, count_flops=args.count_flops, peak_tflops=1.0)
+    r = measure_throughput(cfg, steps=args.steps, warmup=args.warmup, count_flops=args.count_flops, peak_tflops=1.0,
+                           profile_rows=args.profile)
     return {"side": f"ours {args.recipe}", "batch": args.batch, "image_size": args.image_size, "step_s": r["step_s"],
             "step_s_all": r["step_s_all"], "counted_gflops_per_sample": r["counted_gflops_per_sample"],
             "analytic_gflops_per_sample": r["train_gflops_per_sample"], "threads": r["threads"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "profile": r["profile"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,6 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-command", default=None,
                    help="command that runs the open_clip worker (default: <peer-venv>/bin/python "
                         "benchmarks/peer_openclip.py); the worker flags are appended")
+    p.add_argument("--profile", type=int, default=0,
+                   help="print torch.profiler's top N ops of one extra step per side (first round)")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     p.add_argument("--recipe", default="clip-web", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
             recipe, peer_model, _ = PAIRS[pair]
             for batch, size in shapes:
                 common = ["--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                          *(["--count-flops"] if rnd == 0 else [])]
+                          *(["--count-flops", "--profile", str(args.profile)] if rnd == 0 else [])]
                 sides = {"ours": [*ours_cmd, "--recipe", recipe, "--image-size", str(size), *common],
                          "peer": [*peer_cmd, "--model", peer_model, "--arch", arch_json(args.model, size), *common]}
                 order = ["ours", "peer"] if rnd % 2 == 0 else ["peer", "ours"]  # alternate who runs first
@@ -201,6 +204,8 @@ def run(args: argparse.Namespace) -> dict:
                     load = os.getloadavg()[0]
                     r = run_worker(sides[key])
                     r.update(side_key=key, round=rnd, load_1m=load)
+                    if r.get("profile"):
+                        print(f"\nprofile, {pair} b{batch}@{size} {r['side']}:\n{r.pop('profile')}", flush=True)
                     results.setdefault((pair, batch, size), []).append(r)
                     print(f"round {rnd + 1}/{args.rounds} {pair} b{batch}@{size} {r['side']}: {r['step_s']:.2f} s/step "
                           f"(load {load:.1f})", file=sys.stderr, flush=True)

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--count-flops", action="store_true")
+    p.add_argument("--profile", type=int, default=0, help="torch.profiler table rows of one more step (0: none)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
-    timed = throughput.time_steps(step, args.steps, args.warmup, args.count_flops)
+    timed = throughput.time_steps(step, args.steps, args.warmup, args.count_flops, profile_rows=args.profile)
     counted = timed["counted_flops"]
     import open_clip
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
            "step_s": timed["step_s"], "step_s_all": timed["step_s_all"],
            "counted_gflops_per_sample": counted / b / 1e9 if counted is not None else None,
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "profile": timed["profile"]}
     print(RESULT_PREFIX + json.dumps(row), flush=True)
     return 0
 

@@ -27,10 +27,12 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias
     text->image rows are computed; the result is their mean, so averaging it over a partition of
     the rows gives the full loss. ``bias`` is unused (signature shared with :func:`siglip_loss`).
     """
-    if rows is None:
-        rows = torch.arange(image.shape[0], device=image.device)
-    logits_i2t = scale * image[rows] @ text.T  # [R,N]
-    logits_t2i = scale * text[rows] @ image.T
+    if rows is None:  # all rows: text->image logits are the transpose, one [N,N] matmul instead of two
+        logits = scale * (image @ text.T)
+        labels = torch.arange(image.shape[0], device=image.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    logits_i2t = scale * (image[rows] @ text.T)  # [R,N]
+    logits_t2i = scale * (text[rows] @ image.T)
     return 0.5 * (F.cross_entropy(logits_i2t, rows) + F.cross_entropy(logits_t2i, rows))
 
 

@@ -60,12 +60,14 @@ def _cpu_attention_flop_formulas() -> dict:
 
 
 def time_steps(step: Callable[[], object], steps: int, warmup: int = 1, count_flops: bool = False,
-               sync: Callable[[], None] = lambda: None) -> dict:
+               sync: Callable[[], None] = lambda: None, profile_rows: int = 0) -> dict:
     """Run ``step`` ``warmup`` times untimed, then ``steps`` timed times.
 
     Returns ``{"step_s_all": [...], "step_s": median, "results": [what each timed step returned],
     "counted_flops": FLOPs of the first warm-up step by FlopCounterMode (None unless
-    ``count_flops``; needs ``warmup >= 1``)}``. ``sync`` waits for the device (CUDA) before a clock read.
+    ``count_flops``; needs ``warmup >= 1``), "profile": torch.profiler's top ``profile_rows`` ops by
+    self CPU time of one more (untimed) step, or None}``. ``sync`` waits for the device (CUDA)
+    before a clock read.
     """
     counted = None
     for i in range(warmup):
@@ -84,11 +86,20 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int = 1, count_fl
         results.append(step())
         sync()
         times.append(time.perf_counter() - start)
-    return {"step_s_all": times, "step_s": statistics.median(times), "results": results, "counted_flops": counted}
+    table = None
+    if profile_rows:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+            sync()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_rows)
+    return {"step_s_all": times, "step_s": statistics.median(times), "results": results, "counted_flops": counted,
+            "profile": table}
 
 
 def measure_throughput(cfg, steps: int = 3, warmup: int = 1, count_flops: bool = False,
-                       peak_tflops: float | None = None) -> dict:
+                       peak_tflops: float | None = None, profile_rows: int = 0) -> dict:
     """Time ``steps`` training steps (after ``warmup``) of stage 0 of ``cfg`` (a
     :class:`~pretrain.config.PretrainConfig`) on one process, through ``Trainer.train_step``.
 
@@ -96,7 +107,8 @@ def measure_throughput(cfg, steps: int = 3, warmup: int = 1, count_flops: bool =
     ``step_s``, ``train_gflops_per_sample``, ``achieved_tflops``, ``mfu``), ``roofline_tflops``
     (``peak_tflops`` if given, else the better of a :func:`~pretrain.metrics.matmul_roofline`
     measured before and after the steps), the raw per-step times and rooflines, and with
-    ``count_flops`` ``counted_gflops_per_sample`` (FlopCounterMode on the first warm-up step).
+    ``count_flops`` ``counted_gflops_per_sample`` (FlopCounterMode on the first warm-up step), and
+    ``profile`` (see :func:`time_steps`).
     """
     from .data.decode import collate
     from .data.sources import RawRecord
@@ -120,7 +132,8 @@ def measure_throughput(cfg, steps: int = 3, warmup: int = 1, count_flops: bool =
     # Shared machines are noisy: the better of a roofline measured before and after the steps.
     rooflines = [] if peak_tflops else [matmul_tflops(dtype, dev)]
     timed = time_steps(lambda: tr.train_step(s, batches)[1], steps, warmup, count_flops,
-                       sync=(lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else lambda: None)
+                       sync=(lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else lambda: None,
+                       profile_rows=profile_rows)
     if not peak_tflops:
         rooflines.append(matmul_tflops(dtype, dev))
     per_step = cfg.train.global_batch_size
@@ -133,4 +146,5 @@ def measure_throughput(cfg, steps: int = 3, warmup: int = 1, count_flops: bool =
         "precision": cfg.train.precision, "recipe": cfg.recipe.name, "threads": torch.get_num_threads(), **r,
         "step_s_all": timed["step_s_all"], "roofline_tflops": roofline, "roofline_tflops_all": rooflines,
         "counted_gflops_per_sample": counted / per_step / 1e9 if counted is not None else None,
+        "profile": timed["profile"],
     }

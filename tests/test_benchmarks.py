@@ -155,7 +155,7 @@ def test_gpu_script_runs_the_cuda_paths_through_the_trainer_step_on_cpu(tmp_path
 FAKE_PEER = """
 import argparse, json
 p = argparse.ArgumentParser()
-for flag in ("--model", "--arch", "--batch", "--steps", "--warmup"):
+for flag in ("--model", "--arch", "--batch", "--steps", "--warmup", "--profile"):
     p.add_argument(flag)
 p.add_argument("--count-flops", action="store_true")
 a = p.parse_args()
