@@ -1,6 +1,7 @@
-"""Properties of the procedural dataset: deterministic by seed, synthetic captions of 60-150 word
-pieces that name every object, 5 complete references per eval image, and LLaVA question/answer data
-whose answers agree with the scene and with the rendered pixels."""
+"""Properties of the procedural dataset: deterministic by seed, long synthetic captions that name
+every object in the clean world, every configured caption rate measured on generated text (and the
+label rate on pixels), 5 complete references per eval image, and LLaVA question/answer data whose
+answers agree with the scene and with the rendered pixels."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import re
 import numpy as np
 from PIL import Image
 
-from pretrain.synthetic import (SHORT_ANSWER_PROMPT, generate_sample, write_instruction_data,
-                                write_retrieval_split)
+import pytest
+
+from pretrain.synthetic import (CLEAN_WORLD, DEFAULT_WORLD, SHORT_ANSWER_PROMPT, WorldConfig, generate_sample,
+                                write_instruction_data, write_retrieval_split)
 from pretrain.synthetic.questions import NUMBER_WORDS
-from pretrain.synthetic.scenes import COLOURS, POSITIONS
+from pretrain.synthetic.scenes import COLOURS, LABEL_BAND, LABELS, POSITIONS, SHAPES
 
 N = 150
 
@@ -25,17 +28,74 @@ def test_samples_are_a_function_of_seed_and_index():
     assert (a.synthetic, a.scene) != (c.synthetic, c.scene)
 
 
-def test_synthetic_captions_are_long_complete_and_varied(tokenizer):
-    samples = [generate_sample(i, seed=0) for i in range(N)]
+def test_clean_world_captions_are_long_complete_and_varied(tokenizer):
+    samples = [generate_sample(i, seed=0, world=CLEAN_WORLD) for i in range(N)]
     lengths = [len(p) for p in tokenizer.wordpieces([s.synthetic for s in samples])]
     assert 60 <= min(lengths) and max(lengths) <= 150, (min(lengths), max(lengths))
     for s in samples:  # complete: every object's colour and shape is named
         words = set(re.findall(r"[a-z]+", s.synthetic.lower()))
         assert all({o.colour, o.shape} <= words for o in s.scene.objects), s.synthetic
+        assert s.scene.label is None
     assert len({s.synthetic.split(".")[0] for s in samples}) > 1  # varied phrasing of the overview
     # Web captions are partial: far fewer of them name every object.
     complete_web = sum(all(o.colour in s.web and o.shape in s.web for o in s.scene.objects) for s in samples)
     assert complete_web < 0.6 * N, complete_web
+
+
+_PAIR = re.compile(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
+_PAIR_REVERSED = re.compile(rf"\b({'|'.join(SHAPES)}) ({'|'.join(COLOURS)})\b")
+
+
+def _pairs(text: str) -> set[tuple[str, str]]:
+    """(colour, shape) pairs a caption names ("red circle", or alt-text's "circle red")."""
+    return set(_PAIR.findall(text)) | {(c, s) for s, c in _PAIR_REVERSED.findall(text)}
+
+
+def _has_band(image: Image.Image, label: str) -> bool:
+    """The bottom rows of ``image`` are the label's band colour (read from pixels, not the scene)."""
+    rows = np.asarray(image, dtype=float)[-max(1, int(image.size[1] * LABEL_BAND) + 1) // 2:]
+    return bool((np.abs(rows - LABELS[label]).max(-1) <= 2).mean() > 0.5)
+
+
+def _within(measured: int, trials: int, rate: float, name: str) -> None:
+    """``measured`` successes of ``trials`` agree with ``rate`` within 4 binomial standard errors."""
+    se = max((rate * (1 - rate) / trials) ** 0.5, 1 / trials)
+    assert abs(measured / trials - rate) <= 4 * se, f"{name}: measured {measured / trials:.3f} of {trials}, configured {rate}"
+
+
+@pytest.mark.parametrize("world", [DEFAULT_WORLD, WorldConfig(0.3, 0.5, 0.3, 0.35, 0.4, 0.25)], ids=["default", "other"])
+def test_measured_caption_rates_match_the_configured_ones(world):
+    """Every rate of the world is measured from the generated text (object mentions, label names)
+    and pixels (label bands), and agrees with its configured value within sampling error."""
+    samples = [generate_sample(i, seed=11, world=world) for i in range(3000)]
+    labelled = [s for s in samples if s.scene.label is not None]
+    _within(sum(any(_has_band(s.image, name) for name in LABELS) for s in samples), len(samples), world.label_rate,
+            "label_rate (pixels)")
+    assert all(_has_band(s.image, s.scene.label) for s in labelled)
+    _within(sum(s.scene.label in s.web for s in labelled), len(labelled), world.web_names_label, "web_names_label")
+    _within(sum(s.scene.label in s.synthetic for s in labelled), len(labelled), world.synthetic_names_label,
+            "synthetic_names_label")
+    assert not any(name in s.synthetic for s in samples for name in LABELS if name != s.scene.label)
+    # Web colour lies: among web captions that name an object, those naming a pair absent from the scene.
+    named = [s for s in samples if _pairs(s.web)]
+    wrong = sum(bool(_pairs(s.web) - {(o.colour, o.shape) for o in s.scene.objects}) for s in named)
+    _within(wrong, len(named), world.web_wrong_colour, "web_wrong_colour")
+    # Recaption omissions (per object) and hallucinations (per caption).
+    objects = [(s, (o.colour, o.shape)) for s in samples for o in s.scene.objects]
+    omitted = sum(pair not in _pairs(s.synthetic) for s, pair in objects)
+    _within(omitted, len(objects), world.synthetic_omits_object, "synthetic_omits_object")
+    hallucinated = sum(bool(_pairs(s.synthetic) - {(o.colour, o.shape) for o in s.scene.objects}) for s in samples)
+    _within(hallucinated, len(samples), world.synthetic_hallucinates, "synthetic_hallucinates")
+
+
+def test_default_synthetic_captions_stay_long(tokenizer):
+    lengths = [len(p) for p in tokenizer.wordpieces([generate_sample(i, seed=0).synthetic for i in range(N)])]
+    assert 40 <= min(lengths) and max(lengths) <= 150 and 60 <= np.median(lengths), (min(lengths), np.median(lengths))
+
+
+def test_world_rates_must_be_probabilities():
+    with pytest.raises(ValueError, match="WorldConfig.synthetic_hallucinates must be a probability"):
+        WorldConfig(synthetic_hallucinates=1.5)
 
 
 def test_retrieval_split_has_five_complete_references(tmp_path):
@@ -47,6 +107,7 @@ def test_retrieval_split_has_five_complete_references(tmp_path):
         scene = generate_sample(i, seed=5).scene
         for sentence in entry["sentences"]:
             assert all(f"{o.colour} {o.shape}" in sentence["raw"] for o in scene.objects), sentence["raw"]
+            assert scene.label is None or scene.label in sentence["raw"]
 
 
 def _pixel(image: Image.Image, obj) -> np.ndarray:

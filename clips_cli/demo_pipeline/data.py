@@ -8,20 +8,16 @@ and held-out lmms-eval task files (POPE- and GQA-shaped) from scenes no model tr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from clips_tower.io import atomic_write_text
-from eval.lmms.taskdata import encode_image
-from pretrain.synthetic import (generate_sample, scene_questions, write_instruction_data, write_retrieval_split,
-                                write_webdataset)
+from pretrain.synthetic import write_instruction_data, write_retrieval_split, write_task_data, write_webdataset
 
 from .settings import DemoSettings
 
 HELD_OUT_RETRIEVAL, HELD_OUT_LLAVA = 1000, 2000
+# The demo scores its LLaVA runs on POPE-style and GQA-style questions, every GQA question of a scene.
+TASK_FILES = ("clips_pope.jsonl", "clips_gqa.jsonl")
 
 
 @dataclass(frozen=True)
@@ -35,24 +31,6 @@ class DemoData:
     seed: int
 
 
-def task_records(n: int, seed: int, image_size: int) -> dict[str, list[dict]]:
-    """lmms-eval records (:mod:`eval.lmms.taskdata` schema) for ``n`` held-out scenes of ``seed``:
-    ``clips_pope.jsonl`` (the yes/no existence pair of each scene) and ``clips_gqa.jsonl`` (the
-    colour, shape, count and position questions, one-word/phrase answers)."""
-    pope, gqa = [], []
-    for i in range(n):
-        sample = generate_sample(i, seed, image_size)
-        image = encode_image(sample.image)
-        for q in scene_questions(sample.scene, np.random.default_rng([seed, i, 5])):
-            if q.kind == "exists":
-                pope.append({"question_id": len(pope), "image_source": sample.key, "question": q.question,
-                             "answer": q.answer, "category": "random", "image": image})
-            else:
-                gqa.append({"question_id": f"{len(gqa):06d}", "imageId": sample.key, "question": q.question,
-                            "answer": q.answer, "types": q.kind, "image": image})
-    return {"clips_pope.jsonl": pope, "clips_gqa.jsonl": gqa}
-
-
 def generate_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
     """Write every demo data set under ``out`` (see module doc); returns their paths."""
     shards = out / "pretrain"
@@ -61,6 +39,6 @@ def generate_data(out: Path, s: DemoSettings, seed: int) -> DemoData:
                                       image_size=s.image_size)
     llava = write_instruction_data(out / "llava", s.llava_train_scenes, seed=seed, image_size=s.image_size)
     tasks = out / "lmms_tasks"
-    for name, records in task_records(s.llava_eval_scenes, seed + HELD_OUT_LLAVA, s.image_size).items():
-        atomic_write_text(tasks / name, "".join(json.dumps(r) + "\n" for r in records))
+    write_task_data(tasks, s.llava_eval_scenes, seed + HELD_OUT_LLAVA, s.image_size, max_objects=3, files=TASK_FILES,
+                    gqa_per_scene=None)
     return DemoData(shards, retrieval, llava, tasks, seed)

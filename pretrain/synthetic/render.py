@@ -1,11 +1,12 @@
-"""Draw a :class:`~.scenes.Scene` with PIL: flat background with faint seeded noise, filled shapes."""
+"""Draw a :class:`~.scenes.Scene` with PIL: flat background with faint seeded noise, filled shapes,
+the label band (if any) along the bottom edge on top."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scenes import BACKGROUNDS, COLOURS, SIZES, Scene, SceneObject
+from .scenes import BACKGROUNDS, COLOURS, LABEL_BAND, LABELS, SIZES, Scene, SceneObject
 
 
 def _polygon(obj: SceneObject, side: int) -> list[tuple[float, float]] | None:
@@ -34,4 +35,6 @@ def render_scene(scene: Scene, size: int = 64, rng: np.random.Generator | None =
         cx, cy, r = obj.x * size, obj.y * size, SIZES[obj.size] * size
         box = (cx - r, cy - r, cx + r, cy + r)
         (draw.ellipse if obj.shape == "circle" else draw.rectangle)(box, fill=fill)
+    if scene.label is not None:  # a banner on top, as a watermark or a product strip is (object centres stay above it)
+        draw.rectangle((0, round(size * (1 - LABEL_BAND)), size, size), fill=LABELS[scene.label])
     return img

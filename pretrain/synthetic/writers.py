@@ -6,6 +6,7 @@ order of samples is reproducible and the same scene can be written in every form
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from clips_tower.io import atomic_path, atomic_write_json, atomic_write_text
 
 from ..data.shards import json_bytes, write_shards
 from .captions import reference_captions, synthetic_caption, web_caption
+from .config import DEFAULT_WORLD, WorldConfig
 from .render import render_scene
 from .scenes import Scene, sample_scene
 
@@ -36,17 +38,19 @@ class SyntheticSample:
     synthetic: str
 
 
-def generate_sample(index: int, seed: int = 0, image_size: int = 64, max_objects: int = 3) -> SyntheticSample:
-    """Sample ``index`` of the dataset with ``seed`` (deterministic, independent of other samples).
+def generate_sample(index: int, seed: int = 0, image_size: int = 64, max_objects: int = 3,
+                    world: WorldConfig = DEFAULT_WORLD) -> SyntheticSample:
+    """Sample ``index`` of the dataset with ``seed`` (deterministic, independent of other samples),
+    with the label/caption rates of ``world``.
 
     Scene, captions and pixel noise draw from separate streams, so the captions do not depend on
     ``image_size``.
     """
-    scene = sample_scene(np.random.default_rng([seed, index, 0]), max_objects)
+    scene = sample_scene(np.random.default_rng([seed, index, 0]), max_objects, world.label_rate)
     text_rng = np.random.default_rng([seed, index, 1])
-    web = web_caption(scene, text_rng)
+    web = web_caption(scene, text_rng, world)
     image = render_scene(scene, image_size, np.random.default_rng([seed, index, 2]))
-    return SyntheticSample(f"{seed:04d}{index:08d}", scene, image, web, synthetic_caption(scene, text_rng))
+    return SyntheticSample(f"{seed:04d}{index:08d}", scene, image, web, synthetic_caption(scene, text_rng, world))
 
 
 def encode_image(image: Image.Image, fmt: str = "jpg", quality: int = 95) -> bytes:
@@ -56,15 +60,21 @@ def encode_image(image: Image.Image, fmt: str = "jpg", quality: int = 95) -> byt
     return buf.getvalue()
 
 
-def _samples(n: int, seed: int, image_size: int, start: int = 0):
-    return (generate_sample(i, seed, image_size) for i in range(start, start + n))
+def encode_image_base64(image: Image.Image) -> str:
+    """Lossless PNG of ``image`` (RGB) as base64 text: the ``"image"`` field of a self-contained
+    JSON record (the lmms-eval task files of :mod:`.tasks`)."""
+    return base64.b64encode(encode_image(image.convert("RGB"), "png")).decode("ascii")
+
+
+def _samples(n: int, seed: int, image_size: int, start: int = 0, world: WorldConfig = DEFAULT_WORLD):
+    return (generate_sample(i, seed, image_size, world=world) for i in range(start, start + n))
 
 
 def write_webdataset(out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 1000, image_size: int = 64,
-                     start: int = 0) -> dict[str, int]:
+                     start: int = 0, world: WorldConfig = DEFAULT_WORLD) -> dict[str, int]:
     """``n`` samples as shards of ``jpg`` + ``json`` (``org_caption``/``re_caption``); returns sizes."""
     records = ((s.key, {"jpg": encode_image(s.image), "json": json_bytes({WEB_KEY: s.web, SYNTHETIC_KEY: s.synthetic})})
-               for s in _samples(n, seed, image_size, start))
+               for s in _samples(n, seed, image_size, start, world))
     return write_shards(records, out_dir, shard_size)
 
 
@@ -100,7 +110,7 @@ def write_parquet(path: str | Path, n: int, seed: int = 0, image_size: int = 64,
 
 
 def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size: int = 64,
-                          captions_per_image: int = 5) -> Path:
+                          captions_per_image: int = 5, world: WorldConfig = DEFAULT_WORLD) -> Path:
     """A Karpathy-style eval split: ``images/*.jpg`` + ``dataset.json`` (``{"images": [{"filepath":
     "images", "filename", "split": "test", "sentences": [{"raw": ...}] x5}]}``, COCO's layout:
     images at ``<json folder>/filepath/filename``); returns the JSON path."""
@@ -109,7 +119,7 @@ def write_retrieval_split(out_dir: str | Path, n: int, seed: int = 1, image_size
     entries = []
     for i in range(n):
         rng = np.random.default_rng([seed, i, 3])
-        s = generate_sample(i, seed, image_size)
+        s = generate_sample(i, seed, image_size, world=world)
         name = f"{s.key}.jpg"
         with atomic_path(out_dir / "images" / name) as tmp:
             tmp.write_bytes(encode_image(s.image))
