@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "clips_cli.demo",
+    "clips_cli.experiment",
     "clips_tower.cli",
     "pretrain.cli",
     "eval.cli",

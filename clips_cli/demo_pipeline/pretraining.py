@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from .parallel import Job, run_jobs
 from .settings import MODEL_CONFIG, PRETRAIN_CONFIG, DemoSettings
@@ -26,10 +27,13 @@ WEB_BASELINE, CLIPS_MODEL = "CLIP (web captions)", "CLIPS (web + sub-caption + c
 CLIPS_STEP_COST = 3.0
 
 
-def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, seed: int) -> dict:
-    """Train ``recipe`` on ``shards`` for the demo budget, without progress bars (it runs in a
-    worker: :func:`pretrain_all` draws one bar for all runs); returns the trainer's summary (its
-    ``checkpoint`` + ``/model`` is a ``clips_tower.load_model`` folder)."""
+def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, seed: int,
+                   overrides: Sequence[str] = ()) -> dict:
+    """Train ``recipe`` on ``shards`` for the demo budget (``s``: ``train_samples``,
+    ``pretrain_steps``, ``batch_size``), without progress bars (it runs in a worker:
+    :func:`pretrain_all` draws one bar for all runs); ``overrides``: further config flags (e.g.
+    ``--recipe.strategy block``). Returns the trainer's summary (its ``checkpoint`` + ``/model``
+    is a ``clips_tower.load_model`` folder)."""
     from pretrain.config import load_config
     from pretrain.trainer import train
 
@@ -38,12 +42,12 @@ def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, se
         "--data.num_samples", str(s.train_samples), "--stages.0.steps", str(s.pretrain_steps),
         "--train.global_batch_size", str(s.batch_size), "--train.seed", str(seed),
         "--train.out_dir", str(out_dir), "--train.progress", "false",
-        "--optim.warmup_steps", str(max(1, s.pretrain_steps // 15)),
+        "--optim.warmup_steps", str(max(1, s.pretrain_steps // 15)), *overrides,
     ])
     return train(cfg)
 
 
-def _steps_logged(run_dir: Path) -> int:
+def steps_logged(run_dir: Path) -> int:
     """The last step the trainer logged in ``run_dir/metrics.jsonl`` (0 before the first log)."""
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -67,7 +71,7 @@ def pretrain_all(shards: Path, runs_dir: Path, s: DemoSettings, seed: int, progr
             name = f"{recipe} seed {k}"
             where[name] = (label, recipe, k, run_dir.name)
             jobs.append(Job(name, pretrain_model, (recipe, shards, run_dir, s, k), run_dir / "train.log",
-                            s.pretrain_steps, lambda d=run_dir: _steps_logged(d),
+                            s.pretrain_steps, lambda d=run_dir: steps_logged(d),
                             CLIPS_STEP_COST if label == CLIPS_MODEL else 1.0))
     done = run_jobs(jobs, s.workers, "pretraining", progress)
     runs: dict[str, list[dict]] = {label: [] for label in MODELS}
