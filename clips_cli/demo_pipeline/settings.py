@@ -48,7 +48,7 @@ class DemoSettings:
 
 PRESETS: dict[str, DemoSettings] = {
     "default": DemoSettings(train_samples=4000, eval_images=300, pretrain_steps=600, batch_size=64,
-                            retrieval_seeds=2, llava_train_scenes=1500, llava_eval_scenes=150,
+                            retrieval_seeds=3, llava_train_scenes=1500, llava_eval_scenes=150,
                             stage1_steps=60, stage2_steps=250),
     "quick": DemoSettings(train_samples=128, eval_images=24, pretrain_steps=5, batch_size=16,
                           retrieval_seeds=2, llava_train_scenes=32, llava_eval_scenes=6,
