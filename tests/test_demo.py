@@ -38,9 +38,9 @@ def test_cli_parses_the_documented_flags():
 
 
 def test_llava_seeds_cannot_exceed_the_pretrained_seeds():
-    assert get_settings("default", llava_seeds=2).llava_seeds == 2
-    with pytest.raises(ValueError, match=r"llava_seeds must be between 1 and retrieval_seeds \(2\).*got 3"):
-        get_settings("default", llava_seeds=3)
+    assert get_settings("default", llava_seeds=3).retrieval_seeds == 3  # three seeds by default
+    with pytest.raises(ValueError, match=r"llava_seeds must be between 1 and retrieval_seeds \(3\).*got 4"):
+        get_settings("default", llava_seeds=4)
 
 
 def test_report_plot_and_metrics_are_written(demo):
@@ -51,6 +51,13 @@ def test_report_plot_and_metrics_are_written(demo):
         # 5 metrics as mean ± std over the two seeds, then the mean recall of each seed.
         assert re.search(rf"^\| {re.escape(label)} \|( [\d.]+ ± [\d.]+ \|){{5}} [\d.]+, [\d.]+ \|$", report, re.M), label
     assert "![retrieval R@1](retrieval_r1.png)" in report
+    # The paper's claims beside this run's numbers, each with the command that reproduces it.
+    partial = m["retrieval"]["summary"]["CLIP (sub-captions)"]["mean_recall"]
+    for claim in ("(i) sub-captions > full synthetic captions", "(ii) CLIPS > sub-caption CLIP",
+                  "(iii) CLIPS tower > CLIP tower in LLaVA"):
+        [row] = [line for line in report.splitlines() if line.startswith(f"| {claim} |")]
+        assert row.endswith(f"| `clips demo --quick --seed {SEED}` |"), row
+    assert f"{partial['mean']:.1f} ± {partial['std']:.1f} vs" in report
     with Image.open(out / "retrieval_r1.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     assert set(m["stage_times_s"]) == {"generate data", "pretrain (4 recipes, same budget)", "zero-shot retrieval",
