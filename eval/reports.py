@@ -95,7 +95,7 @@ def plot_retrieval(models: Mapping[str, Mapping], path: str | Path) -> Path:
         _grouped_bars(axes[2], [h for _, h in columns],
                       {label: [entry["metrics"][k] for k, _ in columns] for label, entry in models.items()},
                       ylabel="%", title="model comparison")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _grouped_bars(ax, categories: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str, title: str) -> None:
@@ -109,12 +109,13 @@ def _grouped_bars(ax, categories: Sequence[str], series: Mapping[str, Sequence[f
     ax.legend(fontsize=8)
 
 
-def _save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write the matplotlib figure ``fig`` atomically as a PNG at ``path`` and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return Path(path)
 
@@ -130,4 +131,4 @@ def plot_grouped_bars(categories: Sequence[str], series: Mapping[str, Sequence[f
 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(categories) * max(1, len(series)) / 2 + 2), 4))
     _grouped_bars(ax, categories, series, ylabel, title)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

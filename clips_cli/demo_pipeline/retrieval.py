@@ -60,6 +60,8 @@ def plot_ablation(summary: Mapping[str, Mapping[str, Mapping[str, float]]], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from eval.reports import save_figure
+
     labels = list(summary)
     fig, ax = plt.subplots(figsize=(8, 4))
     for j, (key, name) in enumerate((("i2t_R@1", "image -> text R@1"), ("t2i_R@1", "text -> image R@1"))):
@@ -70,17 +72,5 @@ def plot_ablation(summary: Mapping[str, Mapping[str, Mapping[str, float]]], path
     ax.set_ylabel("recall@1 (%) on held-out scenes")
     ax.set_title("zero-shot retrieval, same pretraining budget")
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
-
-def save_figure(fig, path: Path) -> Path:
-    """Write the matplotlib figure ``fig`` atomically as a PNG at ``path`` and close it."""
-    import matplotlib.pyplot as plt
-
-    from clips_tower.io import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path

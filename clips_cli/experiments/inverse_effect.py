@@ -202,7 +202,7 @@ def plot(table: Mapping[str, Mapping[int, Mapping]], s: InverseEffectSettings, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clips_cli.demo_pipeline.retrieval import save_figure
+    from eval.reports import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, marker in zip(STRATEGIES, "osD^"):
@@ -218,4 +218,4 @@ def plot(table: Mapping[str, Mapping[int, Mapping]], s: InverseEffectSettings, p
     ax.set_ylabel("zero-shot retrieval, mean recall (%)")
     ax.set_title("token-reduction strategy vs budget (error bars: std over seeds)", fontsize=9)
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
