@@ -56,7 +56,7 @@ def gqa_records(samples: Sequence[SyntheticSample], images: Sequence[str], quest
     records = []
     for sample, image, qs in zip(samples, images, questions):
         for q in [q for q in qs if q.kind in GQA_KINDS][:per_scene]:
-            records.append({"question_id": f"{len(records):06d}", "imageId": sample.key, "question": q.question,
+            records.append({"question_id": f"{len(records):05d}", "imageId": sample.key, "question": q.question,
                             "answer": q.answer, "types": q.kind, "image": image})
     return records
 
