@@ -12,7 +12,7 @@ A ``git clone`` of the real dataset repo into the same place works the same way.
 
 :data:`HF_TASKS` describes, per task, the repo, its configs and splits and the columns the task's
 ``doc_to_*``/``process_results`` read; :func:`write_hf_datasets` writes small datasets of that
-layout from the records of :mod:`eval.lmms.taskdata` (one call, :func:`task_records`);
+layout from the records of :mod:`pretrain.synthetic.tasks` (one call, :func:`task_records`);
 :func:`check_hf_datasets` checks a data folder before a run and names the task, file and missing
 column.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +28,7 @@ from typing import Callable, Sequence
 from clips_tower.io import atomic_write_text
 
 # The one dependency on the scene/question generator: its three record files.
-from .taskdata import write_task_data
+from pretrain.synthetic.tasks import task_records  # the generator's POPE / GQA / MMBench records, by file name
 
 
 class HFLayoutError(ValueError):
@@ -94,14 +93,6 @@ HF_TASKS: dict[str, HFTask] = {
 }
 # Same dataset and columns, answers matched by rules instead of an OpenAI judge (fully offline).
 HF_TASKS["mmbench_en_dev_static"] = HF_TASKS["mmbench_en_dev"]
-
-
-def task_records(num_scenes: int, seed: int, image_size: int, max_objects: int) -> dict[str, list[dict]]:
-    """The generator's POPE / GQA / MMBench records (:mod:`eval.lmms.taskdata` schema), by file name."""
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_task_data(tmp, num_scenes=num_scenes, seed=seed, image_size=image_size, max_objects=max_objects)
-        return {name: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-                for name, path in files.items()}
 
 
 def _png(record: dict) -> dict:
