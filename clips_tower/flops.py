@@ -20,8 +20,9 @@ Towers (N = (image_size / patch)^2 patches, T = text context length, E = embed d
   blocks on ``L = N + (T - 1) + Q`` (the prefix/causal mask runs dense through SDPA, so every
   score is counted), vocabulary head ``2 M D V`` on the M supervised positions (default ``Q``,
   an upper bound; pass the measured mean caption length for a tighter figure);
-- contrastive logits: ``2 x 2 E B`` per text per sample (image->text and text->image rows
-  against a global batch of B), negligible unless B is huge.
+- contrastive logits: ``2 E B`` per text per sample (one ``[B,B]`` matmul against a global batch
+  of B; the text->image logits are its transpose), negligible unless B is huge. The
+  row-partitioned loss of a distributed run computes both directions for its rows, twice this.
 """
 
 from __future__ import annotations
@@ -91,5 +92,5 @@ def model_flops(
             + c.layers * block_flops(prefix + c.num_queries, c.width, c.mlp_ratio)
             + 2 * m * c.width * t.vocab_size
         )
-    contrastive = num_texts * 4 * e * global_batch
+    contrastive = num_texts * 2 * e * global_batch
     return ModelFlops(vision=vision, text=text, captioner=cap, contrastive=contrastive)

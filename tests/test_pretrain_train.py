@@ -24,7 +24,7 @@ import clips_tower
 from pretrain.checkpointing import list_checkpoints, load_trainer_state
 from pretrain.config import config_from_dict
 from pretrain.data.shards import ShardWriter, json_bytes
-from pretrain.synthetic import encode_image, generate_sample, write_retrieval_split, write_webdataset
+from pretrain.synthetic import CLEAN_WORLD, encode_image, generate_sample, write_retrieval_split, write_webdataset
 from pretrain.trainer import train
 
 TINY = {
@@ -67,7 +67,7 @@ def _train_retrieval_r1(model: clips_tower.CLIPS, n: int = 64) -> tuple[float, f
     full synthetic captions (chance = 1/n)."""
     tok = clips_tower.load_tokenizer(context_length=TINY["text"]["context_length"])
     tf = clips_tower.image_transform(model.config)
-    samples = [generate_sample(i, seed=0) for i in range(n)]
+    samples = [generate_sample(i, seed=0, world=CLEAN_WORLD) for i in range(n)]
     model.eval()
     with torch.no_grad():
         img = model.encode_image(torch.stack([tf(s.image) for s in samples]), normalize=True)
@@ -81,10 +81,12 @@ def _train_retrieval_r1(model: clips_tower.CLIPS, n: int = 64) -> tuple[float, f
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """~120 steps of CLIPS (web + sub-caption contrastive + captioner) on 128 generated samples,
-    with a mid-run and a final retrieval eval on a Karpathy-style split of training scenes."""
+    with a mid-run and a final retrieval eval on a Karpathy-style split of training scenes. The
+    clean world (complete recaptions, no labels): this checks that the trainer learns, not how
+    much a noisy world's web captions hold."""
     root = tmp_path_factory.mktemp("tiny_run")
-    write_webdataset(root / "data", 128, seed=0, shard_size=32)
-    val = write_retrieval_split(root / "val", 32, seed=0)
+    write_webdataset(root / "data", 128, seed=0, shard_size=32, world=CLEAN_WORLD)
+    val = write_retrieval_split(root / "val", 32, seed=0, world=CLEAN_WORLD)
     cfg = config_from_dict(_cfg(root, root / "data", eval={"dataset": str(val), "every_steps": 60, "batch_size": 32}))
     start = time.perf_counter()
     summary = train(cfg)
