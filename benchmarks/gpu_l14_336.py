@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         row.update(device=name, roofline_tflops=roof["best"])
         if datasheet and row.get("achieved_tflops"):
             row["mfu_datasheet"] = row["achieved_tflops"] / datasheet
-    notes = [f"roofline by GEMM shape (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in roof["by_shape"].items()),
+    notes = ["roofline by GEMM shape (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in roof["by_shape"].items()),
              f"datasheet dense bf16 peak: {datasheet} TFLOP/s" if datasheet else "datasheet peak: unknown for this device"]
     return report(args.out, "gpu_l14_336", rows, COLUMNS, vars(args), notes)
 
