@@ -23,7 +23,7 @@ MODELS = {"tiny": "clips-tiny", "s16": "clips-vit-s-16", "b16": "clips-vit-b-16"
 # Models benchmarked at their own resolution whatever --sizes says.
 OWN_SIZE = {"tiny": 32, "demo": 32}
 COLUMNS = [Column("model", "model"), Column("image_size", "px"), Column("precision", "precision"),
-           Column("recipe", "recipe"), Column("batch", "batch"), Column("step_s", "step s", ".3f"),
+           Column("recipe", "recipe"), Column("compiled", "compiled"), Column("batch", "batch"), Column("step_s", "step s", ".3f"),
            Column("samples_per_s", "samples/s", ".2f"), Column("train_gflops_per_sample", "GFLOP/sample", ".1f"),
            Column("achieved_tflops", "TFLOP/s", ".4f"), Column("roofline_tflops", "roofline TFLOP/s", ".4f"),
            Column("mfu", "MFU", ".1%"), Column("peak_rss_mib", "peak RSS MiB", ".0f")]
@@ -42,8 +42,9 @@ def step_config(model: str, image_size: int, precision: str, batch: int, recipe:
 
 
 def measure_step(model: str, image_size: int, precision: str, batch: int, steps: int, recipe: str = "clips",
-                 extra: Sequence[str] = ()) -> dict:
-    """Time ``steps`` training steps (after one warm-up) and return one result row (``extra``:
+                 extra: Sequence[str] = (), compiled: bool = False) -> dict:
+    """Time ``steps`` training steps (after one warm-up; two when ``compiled``: ``torch.compile``
+    compiles in the first, the timed steps exclude it) and return one result row (``extra``:
     config overrides).
 
     ``mfu`` divides by the best-layout roofline :func:`pretrain.throughput.measure_throughput`
@@ -52,8 +53,11 @@ def measure_step(model: str, image_size: int, precision: str, batch: int, steps:
     from pretrain.throughput import measure_throughput
 
     with PeakRSS() as mem:
-        r = measure_throughput(step_config(model, image_size, precision, batch, recipe, extra=extra), steps=steps)
+        cfg = step_config(model, image_size, precision, batch, recipe,
+                          extra=[*extra, *(["--model.compile", "true"] if compiled else [])])
+        r = measure_throughput(cfg, steps=steps, warmup=2 if compiled else 1)
     return {"model": r["model"], "image_size": r["image_size"], "precision": precision, "recipe": recipe,
+            "compiled": "yes" if compiled else "no",
             "batch": batch, "step_s": r["step_s"], "samples_per_s": r["samples_per_s"],
             "train_gflops_per_sample": r["train_gflops_per_sample"], "achieved_tflops": r["achieved_tflops"],
             "roofline_tflops": r["roofline_tflops"], "mfu": r["mfu"], "peak_rss_mib": mem.peak_mib,
@@ -69,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (median reported)")
     p.add_argument("--force-bf16", action="store_true",
                    help="run bf16 even on a CPU without bf16 instructions (emulated: minutes per step)")
+    p.add_argument("--compile", action="store_true",
+                   help="time every configuration eager and compiled (torch.compile, inductor), one after the other")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -82,5 +88,6 @@ def run(args: argparse.Namespace) -> dict:
                     notes.append(f"skipped {key}@{size} bf16: this CPU has no bf16 instructions (emulated bf16 "
                                  f"GEMMs run at a few GFLOP/s, minutes per step); --force-bf16 runs it anyway")
                     continue
-                rows.append(measure_step(MODELS[key], size, precision, args.batch, args.steps))
+                for compiled in (False, True) if args.compile else (False,):
+                    rows.append(measure_step(MODELS[key], size, precision, args.batch, args.steps, compiled=compiled))
     return report(args.out, "train_step", rows, COLUMNS, vars(args), notes)

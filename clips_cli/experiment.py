@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--quick", action="store_true", help="tiny sizes (~2 minutes): checks the pipeline, not the effects")
     q.add_argument("--seed", type=int, default=0, help="seed of the data and of the first training run")
     q.add_argument("--seeds", type=int, default=None, help="training seeds per cell (default: the preset's, 3)")
-    q.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's, 400)")
+    q.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's, 600)")
     q.add_argument("--samples", type=int, default=None, help="training pairs (default: the preset's, 4000)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     q.set_defaults(func=_cmd_inverse_effect)

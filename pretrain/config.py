@@ -68,7 +68,10 @@ class DataSection:
     parquet or jsonl (None: from the file names); caption fields ``web_key``/``synthetic_key``;
     ``num_samples``: dataset size for epoch logging (None: sizes.json / parquet footers / lines);
     ``max_caption_chars``: samples with a longer caption are skipped as ``caption_too_long`` (None:
-    no limit; tokenizing a runaway caption of 100k+ characters would stall its data worker)."""
+    no limit; tokenizing a runaway caption of 100k+ characters would stall its data worker);
+    ``memory_cache_mib``: keep local shards, images decoded, in memory after their first read, up
+    to this many MiB of pixels per process (0: off; for small datasets read for many epochs, see
+    :mod:`pretrain.data.cache`)."""
 
     train: str = ""
     format: str | None = None
@@ -82,6 +85,7 @@ class DataSection:
     max_caption_chars: int | None = 10000
     resampled: bool = False
     shuffle_buffer: int = 1000
+    memory_cache_mib: int = 0
     num_workers: int = 2
     prefetch_factor: int = 2
     augment: AugmentSection = field(default_factory=AugmentSection)

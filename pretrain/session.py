@@ -22,6 +22,7 @@ from clips_tower.tokenizer import check_tokenizer_fits
 from .checkpointing import MODEL_DIR, RunState
 from .config import PretrainConfig
 from .data.decode import SampleProcessor
+from .data.cache import MemoryCachedSource
 from .data.sources import SourceOptions, open_source
 from .data.stream import StreamConfig, TrainStream, make_loader
 from .distributed import DistInfo
@@ -135,6 +136,8 @@ class SessionBuilder:
             self.source = open_source(d.train, d.format, SourceOptions(
                 image_exts=d.image_exts, image_column=d.image_column, key_column=d.key_column, image_root=d.image_root,
                 caption_columns=(d.web_key, d.synthetic_key)))
+            if d.memory_cache_mib:
+                self.source = MemoryCachedSource(self.source, d.memory_cache_mib)
             self.dataset_size = d.num_samples or self.source.num_samples()
             log.info("training data: %d shards, %s samples", len(self.source.shards), self.dataset_size or "unknown")
         scfg = StreamConfig(cfg.train.seed, micro, d.shuffle_buffer, d.resampled, self.dist.rank, self.dist.world,

@@ -100,18 +100,23 @@ def test_engine_uses_fused_adamw_and_warns_on_emulated_bf16(monkeypatch, caplog)
     assert sum("emulates bf16" in r.message for r in caplog.records) == 1
 
 
-def test_train_bench_tiny_row_is_consistent(tmp_path, capsys):
+def test_train_bench_tiny_rows_are_consistent(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     assert bench_main(["train", "--models", "tiny", "--precisions", "fp32", "--batch", "2", "--steps", "1",
-                       "--out", str(out)]) == 0
+                       "--compile", "--out", str(out)]) == 0
     (rec,) = _records(out)
-    (row,) = rec["rows"]
-    assert row["model"] == "clips-tiny" and row["batch"] == 2 and row["precision"] == "fp32"
-    assert row["samples_per_s"] == pytest.approx(2 / row["step_s"])
-    assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["roofline_tflops"])
-    assert row["achieved_tflops"] == pytest.approx(row["train_gflops_per_sample"] * row["samples_per_s"] / 1e3)
-    assert row["peak_rss_mib"] > 0
-    assert "| clips-tiny | 32 | fp32 |" in capsys.readouterr().out
+    eager, compiled = rec["rows"]
+    assert (eager["compiled"], compiled["compiled"]) == ("no", "yes")
+    for row in (eager, compiled):
+        assert row["model"] == "clips-tiny" and row["batch"] == 2 and row["precision"] == "fp32"
+        assert row["samples_per_s"] == pytest.approx(2 / row["step_s"])
+        assert row["mfu"] == pytest.approx(row["achieved_tflops"] / row["roofline_tflops"])
+        assert row["achieved_tflops"] == pytest.approx(row["train_gflops_per_sample"] * row["samples_per_s"] / 1e3)
+        assert row["peak_rss_mib"] > 0
+    # same model, same FLOPs: compiling changes the time only
+    assert compiled["train_gflops_per_sample"] == eager["train_gflops_per_sample"]
+    table = capsys.readouterr().out
+    assert "| clips-tiny | 32 | fp32 | clips | no |" in table and "| clips-tiny | 32 | fp32 | clips | yes |" in table
 
 
 def test_retrieval_and_data_benches_tiny(tmp_path):

@@ -179,6 +179,59 @@ def test_bad_samples_are_skipped_and_counted_by_reason_in_workers(tmp_path, proc
     assert sorted(k for b in batches for k in b["keys"]) == sorted(generate_sample(i, seed=5).key for i in range(6))
 
 
+@pytest.fixture
+def cache():
+    from pretrain.data import cache
+    cache.clear()
+    yield cache
+    cache.clear()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_memory_cache_gives_the_uncached_batches_over_epochs(shards, processor, tok, cache, workers):
+    """Three epochs through the cache (filled in the first, replayed after) equal the uncached stream."""
+    n = 3 * N // 4
+    plain = _take(_stream(open_source(str(shards)), processor, tok, batch=4, workers=workers), n)
+    cached = cache.MemoryCachedSource(open_source(str(shards)), budget_mib=64)
+    for _ in range(2):  # the second stream replays shards a previous run (same process) cached
+        got = _take(_stream(cached, processor, tok, batch=4, workers=workers), n)
+        assert [b["keys"] for b in got] == [b["keys"] for b in plain] and got[-1]["epoch"] == 2
+        for a, b in zip(plain, got):
+            assert torch.equal(a["images"], b["images"]) and torch.equal(a["texts"]["sub"], b["texts"]["sub"])
+            assert torch.equal(a["targets"], b["targets"])
+    if workers == 0:  # loader workers fill their own copies; the main process's cache holds all 4 shards
+        assert len(cache._SHARDS) == 4 and cache._held[0] == N * 40 * 40 * 3
+
+
+def test_memory_cache_counts_bad_samples_every_epoch_and_sees_rewritten_shards(tmp_path, processor, tok, cache):
+    expected = _bad_shard(tmp_path / "bad")
+    source = cache.MemoryCachedSource(open_source(str(tmp_path / "bad")), budget_mib=64)
+    batches = _take(_stream(source, processor, tok, batch=3, workers=0, buffer=1), 6)  # 3 epochs
+    for epoch in range(3):
+        counts = Counter()
+        for b in batches[2 * epoch: 2 * epoch + 2]:
+            counts.update(b["bad"])
+        assert dict(counts) == expected, epoch
+    # A rewritten shard (new size / mtime) is read again, not replayed from memory.
+    shard = next((tmp_path / "bad").glob("*.tar"))
+    with ShardWriter(tmp_path / "new", shard_size=100) as w:
+        w.write("only", {"jpg": encode_image(generate_sample(0, seed=1).image),
+                         "json": json_bytes({"org_caption": "a circle", "re_caption": "A circle."})})
+    shard.write_bytes(next((tmp_path / "new").glob("*.tar")).read_bytes())
+    assert [r.key for r in source.read(str(shard))] == ["only"]
+
+
+def test_memory_cache_keeps_nothing_over_its_budget(shards, cache):
+    source = cache.MemoryCachedSource(open_source(str(shards)), budget_mib=1)
+    big = cache.MemoryCachedSource(open_source(str(shards)), budget_mib=64)
+    cache._held[0] = 2**20 - 100  # nearly full: a 6 x 40 x 40 x 3 shard does not fit
+    assert len(list(source.read(source.shards[0]))) == 6 and not cache._SHARDS
+    cache.clear()
+    assert len(list(big.read(big.shards[0]))) == 6 and len(cache._SHARDS) == 1
+    with pytest.raises(ValueError, match="memory_cache_mib must be positive"):
+        cache.MemoryCachedSource(open_source(str(shards)), budget_mib=0)
+
+
 def test_truncated_archive_is_one_unreadable_shard(tmp_path, shards):
     data = (shards / "00000.tar").read_bytes()
     with tarfile.open(shards / "00000.tar") as t:

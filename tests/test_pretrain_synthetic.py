@@ -31,7 +31,7 @@ def test_samples_are_a_function_of_seed_and_index():
 def test_clean_world_captions_are_long_complete_and_varied(tokenizer):
     samples = [generate_sample(i, seed=0, world=CLEAN_WORLD) for i in range(N)]
     lengths = [len(p) for p in tokenizer.wordpieces([s.synthetic for s in samples])]
-    assert 60 <= min(lengths) and max(lengths) <= 150, (min(lengths), max(lengths))
+    assert 50 <= min(lengths) and max(lengths) <= 150, (min(lengths), max(lengths))
     for s in samples:  # complete: every object's colour and shape is named
         words = set(re.findall(r"[a-z]+", s.synthetic.lower()))
         assert all({o.colour, o.shape} <= words for o in s.scene.objects), s.synthetic

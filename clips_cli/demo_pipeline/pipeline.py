@@ -20,7 +20,7 @@ from .settings import MODEL_CONFIG, DemoSettings
 STAGES = ("generate data", "pretrain (4 recipes, same budget)", "zero-shot retrieval", "captioner examples",
           "LLaVA stage 1 + 2 per tower, lmms-eval", "report")
 # Rough share of the run each stage takes (seconds on 2 CPU cores for the default preset): for the ETA.
-STAGE_WEIGHTS = (12, 750, 14, 1, 340, 1)  # 3 seeds: 12 pretraining runs
+STAGE_WEIGHTS = (9, 500, 9, 1, 300, 1)  # 3 seeds: 12 pretraining runs (measured 2026-12-03, idle)
 LLAVA_TOWERS = (CLIPS_MODEL, WEB_BASELINE)
 
 

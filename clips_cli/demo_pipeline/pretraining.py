@@ -22,9 +22,9 @@ MODELS: dict[str, str] = {
     "CLIPS (web + sub-caption + captioner)": "clips",
 }
 WEB_BASELINE, CLIPS_MODEL = "CLIP (web captions)", "CLIPS (web + sub-caption + captioner)"
-# A CLIPS step (two texts + captioner) takes ~3x a CLIP step in the demo (226-247 s vs 73-91 s per
-# run, measured): weights the progress bar's ETA.
-CLIPS_STEP_COST = 3.0
+# A CLIPS step (two texts + captioner) takes ~3.5x a CLIP step in the demo (158-195 s vs 42-56 s per
+# run with the in-memory data cache, measured): weights the progress bar's ETA.
+CLIPS_STEP_COST = 3.5
 
 
 def pretrain_model(recipe: str, shards: Path, out_dir: Path, s: DemoSettings, seed: int,

@@ -52,7 +52,7 @@ class InverseEffectSettings:
 
 
 PRESETS: dict[str, InverseEffectSettings] = {
-    "default": InverseEffectSettings(train_samples=4000, eval_images=300, pretrain_steps=400, batch_size=64, seeds=3,
+    "default": InverseEffectSettings(train_samples=4000, eval_images=300, pretrain_steps=600, batch_size=64, seeds=3,
                                      budgets=(8, 16, 32), full_tokens=64),
     "quick": InverseEffectSettings(train_samples=64, eval_images=16, pretrain_steps=3, batch_size=8, seeds=2,
                                    budgets=(4, 8, 16), full_tokens=32),

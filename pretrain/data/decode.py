@@ -91,7 +91,7 @@ class SampleProcessor:
             sampled = self.recipe(captions, self.tokenizer, sample_rng(self.seed, epoch, key, TEXT_STREAM))
         except NoSentenceError as e:
             raise BadSample(NO_SENTENCE, key, str(e)) from None
-        img = decode_image(read_image_bytes(record), key)
+        img = record.decoded if record.decoded is not None else decode_image(read_image_bytes(record), key)
         pixels = self.transform(img, sample_rng(self.seed, epoch, key, IMAGE_STREAM))
         return Sample(key, pixels, sampled.texts, sampled.target)
 

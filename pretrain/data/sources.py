@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RawRecord:
-    """One undecoded sample: ``key``; the image as ``image`` bytes or an ``image_path``; the caption
-    metadata as ``meta`` (JSON bytes to parse, or an already-parsed dict)."""
+    """One sample as a source reads it: ``key``; the image as ``image`` bytes or an ``image_path``
+    (or, from the in-memory cache of :mod:`.cache`, already ``decoded``); the caption metadata as
+    ``meta`` (JSON bytes to parse, or an already-parsed dict)."""
 
     key: str
     image: bytes | None = None
     image_path: str | None = None
     meta: bytes | dict | None = None
+    decoded: Image.Image | None = None
 
 
 @dataclass(frozen=True)
