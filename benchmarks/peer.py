@@ -115,7 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=[112, 224])
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median of per-round ratios)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per process (median)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps per process first (measured: the first steps of a process run 10-40%% slower)")
     p.add_argument("--model", default="clips-vit-b-16",
                    help="our model config; the open_clip side is built with the same shapes")
     p.add_argument("--peer-venv", type=Path, default=DEFAULT_VENV,
