@@ -70,11 +70,28 @@ def load_throughput():
     return module
 
 
+def gelu_kwargs(act: str) -> dict:
+    """open_clip's ``act_kwargs`` for one of our activations (``gelu`` exact, ``gelu_tanh``): the
+    text towers use the tanh form, which costs ~1.6x the exact one on these CPUs, so a peer with
+    open_clip's default (exact) GELU would not be the same model."""
+    forms = {"gelu": "none", "gelu_tanh": "tanh"}
+    if act not in forms:
+        raise ValueError(f"activation {act!r} has no open_clip equivalent here; expected one of {sorted(forms)}")
+    return {"approximate": forms[act]}
+
+
+def set_gelu(module: torch.nn.Module, act: str) -> None:
+    """Make every ``nn.GELU`` under ``module`` compute our ``act`` (in place)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.GELU):
+            m.approximate = gelu_kwargs(act)["approximate"]
+
+
 def build(kind: str, arch: dict):
     """open_clip model + loss with the shapes of ``arch`` (the project's model config, passed by
     :mod:`benchmarks.peer`): ViT (avg pool, no ln_pre, LN after pool) + bidirectional text pooled
     at the last token (the CLIPS encoder layout); CoCa adds open_clip's multimodal decoder of the
-    captioner's width, depth and heads."""
+    captioner's width, depth and heads. Every tower uses the activation of ours (exact or tanh GELU)."""
     register_torchvision_placeholders()
     import open_clip
     from open_clip.loss import ClipLoss, CoCaLoss
@@ -82,10 +99,10 @@ def build(kind: str, arch: dict):
     v, t, c = arch["vision"], arch["text"], arch["captioner"]
     vision = dict(image_size=v["image_size"], layers=v["layers"], width=v["width"], patch_size=v["patch_size"],
                   head_width=v["width"] // v["heads"], mlp_ratio=v["mlp_ratio"], no_ln_pre=True, pool_type="avg",
-                  final_ln_after_pool=True)
+                  final_ln_after_pool=True, act_kwargs=gelu_kwargs(v["act"]))
     text = dict(context_length=t["context_length"], vocab_size=t["vocab_size"], width=t["width"], heads=t["heads"],
                 layers=t["layers"], mlp_ratio=t["mlp_ratio"], no_causal_mask=True, pool_type="last",
-                final_ln_after_pool=True)
+                final_ln_after_pool=True, act_kwargs=gelu_kwargs(t["act"]))
     if kind == "clip":
         return open_clip.CLIP(arch["embed_dim"], vision, text, output_dict=True), ClipLoss()
     decoder = dict(width=c["width"], heads=c["heads"], layers=c["layers"], mlp_ratio=c["mlp_ratio"],
@@ -95,6 +112,7 @@ def build(kind: str, arch: dict):
     text.update(embed_cls=True, pad_id=0, no_causal_mask=False, output_tokens=True)
     vision.update(output_tokens=True, attentional_pool=True, attn_pooler_heads=c["heads"])
     model = open_clip.CoCa(arch["embed_dim"], decoder, text, vision)
+    set_gelu(model.text_decoder, c["act"])  # open_clip's decoder config has no act_kwargs
     return model, CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)
 
 

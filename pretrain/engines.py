@@ -11,7 +11,7 @@ Every engine implements :class:`Engine`: ``module`` (call it for forward), ``syn
 (gradient synchronisation off during accumulation micro-steps), ``backward(loss)``,
 ``step() -> grad norm``, ``lr``, full (unsharded) state dicts for checkpoints (so a run can resume
 under a different engine from the same checkpoint files), and its capabilities stated explicitly
-(``can_skip_update``, :meth:`Engine.gradients_to_check`) rather than inferred from its class.
+(``can_skip_update``, :meth:`Engine.grad_norm`) rather than inferred from its class.
 """
 
 from __future__ import annotations
@@ -68,26 +68,33 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def clip_gradients(params: list[nn.Parameter], max_norm: float | None) -> float:
-    """Global L2 norm of the gradients (sharded DTensor gradients summed over ranks), and clip to
-    ``max_norm`` in place when given. Returns the norm before clipping."""
+def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm of the gradients of ``params`` as a 0-dim float64 tensor: the local norm of
+    plain gradients plus the norms of FSDP2's sharded DTensor gradients summed over ranks (one
+    all-reduce). NaN/Inf when any gradient holds NaN/Inf. Multi-tensor (foreach) kernels: one
+    pass over the gradients instead of one kernel per tensor."""
     from torch.distributed.tensor import DTensor
 
-    local = torch.zeros((), dtype=torch.float64)
-    sharded = torch.zeros((), dtype=torch.float64)
     grads = [p.grad for p in params if p.grad is not None]
-    for g in grads:
-        if isinstance(g, DTensor):
-            sharded += torch.linalg.vector_norm(g.to_local().float()).double().cpu() ** 2
-        else:
-            local += torch.linalg.vector_norm(g.float()).double().cpu() ** 2
-    if any(isinstance(g, DTensor) for g in grads):
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    shards = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    sq = torch.zeros((), dtype=torch.float64)
+    if plain:
+        sq += torch.nn.utils.get_total_norm(plain).double().cpu() ** 2
+    if shards:
+        sharded = torch.nn.utils.get_total_norm(shards).double().cpu() ** 2
         dist.all_reduce(sharded)
-    total = float((local + sharded).sqrt())
+        sq += sharded
+    return sq.sqrt()
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float | None, norm: torch.Tensor) -> float:
+    """Scale the gradients in place so their global norm is at most ``max_norm`` (no-op when not
+    given, not exceeded or ``norm`` is non-finite); ``norm``: :func:`global_grad_norm` of them.
+    Returns the norm as a float."""
+    total = float(norm)
     if max_norm and math.isfinite(total) and total > max_norm:
-        coef = max_norm / (total + 1e-6)
-        for g in grads:
-            g.mul_(coef)
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], max_norm / (total + 1e-6))
     return total
 
 
@@ -124,9 +131,10 @@ class Engine(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradients of ``loss`` (a 0-dim tensor)."""
 
-    def gradients_to_check(self) -> list[torch.Tensor] | None:
-        """The accumulated gradients whose NaN/Inf makes the step faulty, before :meth:`step`; None
-        when the engine needs no check (it handles overflow itself or has already updated)."""
+    def grad_norm(self) -> torch.Tensor | None:
+        """Global L2 norm of the accumulated gradients before :meth:`step` (0-dim tensor; NaN/Inf
+        makes the step faulty), which :meth:`step` then clips with; None when the engine needs no
+        check (it handles overflow itself or has already updated)."""
 
     def skip_update(self) -> None:
         """Drop this step's gradients without updating (the schedule still advances); only when
@@ -183,6 +191,7 @@ class TorchEngine:
         self.params = [p for p in objective.parameters() if p.requires_grad]
         # Under fp16 the GradScaler finds inf gradients itself (and lowers its scale): not a fault.
         self.checks_gradients = precision != "fp16"
+        self._norm: torch.Tensor | None = None  # this step's gradient norm, once computed
 
     def _fully_shard(self, objective: nn.Module) -> nn.Module:
         """Shard every transformer block, then the vision and text towers (so ``encode_image`` /
@@ -217,12 +226,22 @@ class TorchEngine:
         """Accumulate the gradients of ``loss`` (scaled for fp16)."""
         self.scaler.scale(loss).backward()
 
-    def gradients_to_check(self) -> list[torch.Tensor] | None:
-        """This rank's accumulated gradients (None under fp16, where the GradScaler handles overflow)."""
-        return [p.grad for p in self.params if p.grad is not None] if self.checks_gradients else None
+    def grad_norm(self) -> torch.Tensor | None:
+        """The step's gradient norm (None under fp16, where the GradScaler handles overflow)."""
+        return self._unscaled_grad_norm() if self.checks_gradients else None
+
+    def _unscaled_grad_norm(self) -> torch.Tensor:
+        """Average replicated grads (FSDP2), unscale (fp16), then :func:`global_grad_norm`: once per
+        step, for both the NaN/Inf check and clipping (each is a pass over every gradient)."""
+        if self._norm is None:
+            self.reduce_replicated_grads()
+            self.scaler.unscale_(self.optimizer)
+            self._norm = global_grad_norm(self.params)
+        return self._norm
 
     def skip_update(self) -> None:
         """Drop the gradients and advance the schedule, which follows the step counter (skipped steps included)."""
+        self._norm = None
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # torch warns when the very first step is the skipped one
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -237,9 +256,8 @@ class TorchEngine:
 
     def step(self) -> float:
         """Average replicated grads (FSDP2), unscale, clip, AdamW step, schedule, clamp the logit scale."""
-        self.reduce_replicated_grads()
-        self.scaler.unscale_(self.optimizer)
-        norm = clip_gradients(self.params, self.grad_clip)
+        norm = clip_gradients(self.params, self.grad_clip, self._unscaled_grad_norm())
+        self._norm = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -327,7 +345,7 @@ class DeepSpeedEngine:
         self.module.backward(loss, scale_wrt_gas=False)
         self.module.step()
 
-    def gradients_to_check(self) -> None:
+    def grad_norm(self) -> None:
         """None: by the time gradients could be checked, DeepSpeed has applied them."""
         return None
 

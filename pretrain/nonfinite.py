@@ -42,23 +42,16 @@ def flag_nonfinite(flags: dict[str, torch.Tensor], terms: Mapping[str, torch.Ten
         flags[name] = flags[name] | bad if name in flags else bad
 
 
-def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """0-dim bool: the total 2-norm of the (local parts of the) tensors is finite, i.e. no element
-    is NaN/Inf and the norm does not overflow (which would break gradient clipping too). One fused
-    multi-tensor pass: a per-tensor ``isfinite().all()`` cost ~6% of a small model's step."""
-    local = [_local(t) for t in tensors]
-    return torch.isfinite(torch.nn.utils.get_total_norm(local)) if local else torch.tensor(True)
-
-
-def agreed_nonfinite(flags: dict[str, torch.Tensor], grads: list[torch.Tensor] | None,
+def agreed_nonfinite(flags: dict[str, torch.Tensor], grad_norm: torch.Tensor | None,
                      device: torch.device) -> list[str]:
-    """Names of the non-finite terms on any rank (plus :data:`GRADIENT` when ``grads`` is given and
-    one is non-finite), the same list on every rank (collective: one all-reduce)."""
+    """Names of the non-finite terms on any rank (plus :data:`GRADIENT` when ``grad_norm``, the
+    gradients' global norm, is given and non-finite: a NaN/Inf element, or a norm that overflows,
+    which would break clipping too), the same list on every rank (collective: one all-reduce)."""
     names = sorted(flags)
     vec = [flags[n].to(device=device, dtype=torch.float32) for n in names]
-    if grads is not None:
+    if grad_norm is not None:
         names.append(GRADIENT)
-        vec.append((~all_finite(grads)).to(device=device, dtype=torch.float32))
+        vec.append((~torch.isfinite(grad_norm)).to(device=device, dtype=torch.float32))
     if not vec:
         return []
     total = D.all_reduce_sum(torch.stack(vec))

@@ -85,7 +85,7 @@ def train_step(engine: Engine, batches: list[dict], settings: StepSettings) -> t
                 logged[k] = logged.get(k, 0) + v.detach()
             elif k != "loss":  # contrastive terms cover the whole bank: the last one is the step's
                 logged[k] = v.detach()
-    nonfinite = agreed_nonfinite(flags, engine.gradients_to_check(), dev)
+    nonfinite = agreed_nonfinite(flags, engine.grad_norm(), dev)
     if nonfinite:
         if engine.can_skip_update:
             engine.skip_update()

@@ -213,6 +213,27 @@ def test_peer_bench_alternates_sides_at_identical_shapes(tmp_path, capsys):
     assert len(ours_clip["rounds"].split()) == 2
 
 
+@pytest.mark.parametrize("model", ["clips-tiny", "clips-vit-b-16"])
+def test_peer_uses_our_activation_in_every_tower(model):
+    """The open_clip peer must be the same model: our text towers and captioner use tanh GELU
+    (the released checkpoints' choice) where open_clip defaults to exact GELU. ``set_gelu`` turns
+    open_clip's ``nn.GELU`` modules into the activation of the config, checked numerically."""
+    from benchmarks import peer_openclip
+    from benchmarks.peer import arch_json
+
+    arch = json.loads(arch_json(model, 32))
+    x = torch.linspace(-4, 4, 101)
+    for tower in ("vision", "text", "captioner"):
+        act = arch[tower]["act"]
+        mlp = torch.nn.Sequential(torch.nn.Linear(101, 101), torch.nn.GELU())
+        peer_openclip.set_gelu(mlp, act)
+        ours = torch.nn.functional.gelu(x, approximate="tanh" if act == "gelu_tanh" else "none")
+        torch.testing.assert_close(mlp[1](x), ours, rtol=0, atol=0)
+    assert arch["text"]["act"] == "gelu_tanh" and arch["vision"]["act"] == "gelu"  # the spec's choice
+    with pytest.raises(ValueError, match="quick_gelu"):
+        peer_openclip.gelu_kwargs("quick_gelu")
+
+
 @pytest.mark.parametrize("recipe", ["clip-web", "clips"])
 def test_analytic_flops_match_flop_counter(recipe):
     """:func:`clips_tower.flops.model_flops` (what MFU divides by) against torch's FlopCounterMode on

@@ -198,3 +198,39 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert set(ref_summary["bad_samples"]) == {"unreadable_image", "no_sentence"}
     assert summary["bad_samples"] == ref_summary["bad_samples"]
     assert logs[-1]["bad/unreadable_image"] == ref_summary["bad_samples"]["unreadable_image"]
+
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step")
+@pytest.mark.parametrize("max_norm", [None, 1e-3, 1e6])
+def test_engine_clips_with_one_gradient_norm(monkeypatch, max_norm):
+    """The engine computes the gradient norm once per step (the NaN/Inf check and clipping share
+    it) and clips exactly as ``torch.nn.utils.clip_grad_norm_`` on a copy of the same gradients."""
+    from pretrain import engines
+    from pretrain.config import load_config
+    from pretrain.losses import CLIPSLoss
+    from pretrain.objective import CLIPSObjective
+
+    torch.manual_seed(0)
+    obj = CLIPSObjective(clips_tower.create_model("clips-tiny"), CLIPSLoss({"web": 1.0}))
+    eng = engines.TorchEngine(obj, strategy="ddp", device=torch.device("cpu"), world=1,
+                              optim_cfg=load_config("clips-tiny").optim, lr_factor=lambda s: 1.0, precision="fp32",
+                              grad_clip=max_norm, max_logit_scale=100.0)
+    norm_fn, calls = engines.global_grad_norm, []
+    monkeypatch.setattr(engines, "global_grad_norm", lambda ps: calls.append(1) or norm_fn(ps))
+    eng.backward(eng.module(torch.randn(4, 3, 32, 32), {"web": torch.randint(3, 1000, (4, 80))})["loss"])
+    ref = [torch.nn.Parameter(torch.zeros_like(p)) for p in eng.params if p.grad is not None]
+    for r, p in zip(ref, (p for p in eng.params if p.grad is not None)):
+        r.grad = p.grad.clone()
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm or float("inf"))
+    seen = {}
+    step = eng.optimizer.step
+    monkeypatch.setattr(eng.optimizer, "step", lambda *a, **k: seen.update(
+        grads=[p.grad.clone() for p in eng.params if p.grad is not None]) or step(*a, **k))
+    assert torch.isfinite(eng.grad_norm())
+    assert eng.step() == pytest.approx(float(ref_norm), rel=1e-5)
+    assert calls == [1]
+    for got, r in zip(seen["grads"], ref):
+        torch.testing.assert_close(got, r.grad, rtol=1e-5, atol=1e-9)
+    if max_norm == 1e-3:  # this one clipped
+        assert float(torch.nn.utils.get_total_norm(seen["grads"])) == pytest.approx(1e-3, rel=1e-4)
