@@ -71,9 +71,9 @@ def load_throughput():
 
 
 def gelu_kwargs(act: str) -> dict:
-    """open_clip's ``act_kwargs`` for one of our activations (``gelu`` exact, ``gelu_tanh``): the
-    text towers use the tanh form, which costs ~1.6x the exact one on these CPUs, so a peer with
-    open_clip's default (exact) GELU would not be the same model."""
+    """open_clip's ``act_kwargs`` for one of our activations (``gelu`` exact, ``gelu_tanh``): our
+    text towers use the tanh form, whose forward costs ~1.6x the exact one on these CPUs, so a
+    peer with open_clip's default (exact) GELU would not be the same model."""
     forms = {"gelu": "none", "gelu_tanh": "tanh"}
     if act not in forms:
         raise ValueError(f"activation {act!r} has no open_clip equivalent here; expected one of {sorted(forms)}")
@@ -82,9 +82,10 @@ def gelu_kwargs(act: str) -> dict:
 
 def set_gelu(module: torch.nn.Module, act: str) -> None:
     """Make every ``nn.GELU`` under ``module`` compute our ``act`` (in place)."""
+    approximate = gelu_kwargs(act)["approximate"]
     for m in module.modules():
         if isinstance(m, torch.nn.GELU):
-            m.approximate = gelu_kwargs(act)["approximate"]
+            m.approximate = approximate
 
 
 def build(kind: str, arch: dict):

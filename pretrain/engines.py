@@ -71,8 +71,8 @@ def autocast(device: torch.device, precision: str):
 def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """Global L2 norm of the gradients of ``params`` as a 0-dim float64 tensor: the local norm of
     plain gradients plus the norms of FSDP2's sharded DTensor gradients summed over ranks (one
-    all-reduce). NaN/Inf when any gradient holds NaN/Inf. Multi-tensor (foreach) kernels: one
-    pass over the gradients instead of one kernel per tensor."""
+    all-reduce). NaN/Inf when any gradient holds NaN/Inf. ``get_total_norm`` uses multi-tensor
+    kernels where the device has them (CUDA; on CPU they run one norm per tensor)."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None]

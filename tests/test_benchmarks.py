@@ -220,6 +220,7 @@ def test_peer_uses_our_activation_in_every_tower(model):
     open_clip's ``nn.GELU`` modules into the activation of the config, checked numerically."""
     from benchmarks import peer_openclip
     from benchmarks.peer import arch_json
+    from clips_tower.layers import MLP
 
     arch = json.loads(arch_json(model, 32))
     x = torch.linspace(-4, 4, 101)
@@ -227,7 +228,8 @@ def test_peer_uses_our_activation_in_every_tower(model):
         act = arch[tower]["act"]
         mlp = torch.nn.Sequential(torch.nn.Linear(101, 101), torch.nn.GELU())
         peer_openclip.set_gelu(mlp, act)
-        ours = torch.nn.functional.gelu(x, approximate="tanh" if act == "gelu_tanh" else "none")
+        ours = MLP(101, 404, act)  # the project's own MLP: its activation is the reference
+        ours = torch.nn.functional.gelu(x, approximate=ours.approximate)
         torch.testing.assert_close(mlp[1](x), ours, rtol=0, atol=0)
     assert arch["text"]["act"] == "gelu_tanh" and arch["vision"]["act"] == "gelu"  # the spec's choice
     with pytest.raises(ValueError, match="quick_gelu"):

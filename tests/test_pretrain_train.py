@@ -200,7 +200,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert logs[-1]["bad/unreadable_image"] == ref_summary["bad_samples"]["unreadable_image"]
 
 
-
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step")
 @pytest.mark.parametrize("max_norm", [None, 1e-3, 1e6])
 def test_engine_clips_with_one_gradient_norm(monkeypatch, max_norm):
